@@ -1,0 +1,58 @@
+"""Atomic checkpoints with fall-back to the previous one.
+
+Files are ``checkpoint/ckpt-<iteration 8 digits>.pt``, written by ``atomic_torch_save`` (temp
+file, fsync, rename), so a crash leaves either the old or the new file, never a torn one. The
+newest ``KEEP`` files are kept. A reader skips an unreadable newest file and falls back to the
+previous one; if files exist but none is readable, it raises ``CheckpointError``.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+from hpcdd.errors import CheckpointError
+from hpcdd.io import atomic_torch_save, try_torch_load
+
+KEEP = 2
+FORMAT = 1
+_NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
+
+
+def checkpoint_files(ckpt_dir: Path) -> list[tuple[int, Path]]:
+    """``(iteration, path)`` of every checkpoint file, newest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = []
+    for p in ckpt_dir.iterdir():
+        m = _NAME.match(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found, reverse=True)
+
+
+def save_checkpoint(ckpt_dir: Path, it: int, state: dict[str, Any]) -> Path:
+    """Write ``state`` as the checkpoint after ``it`` completed iterations; prune old ones."""
+    path = ckpt_dir / f"ckpt-{it:08d}.pt"
+    atomic_torch_save(path, {"format": FORMAT, "it": it, **state})
+    for _, old in checkpoint_files(ckpt_dir)[KEEP:]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_latest(ckpt_dir: Path, run_id: str) -> dict[str, Any] | None:
+    """The newest valid checkpoint of ``run_id``, ``None`` if there is none at all."""
+    files = checkpoint_files(ckpt_dir)
+    for it, path in files:
+        state = try_torch_load(path)
+        if isinstance(state, dict) and state.get("format") == FORMAT and state.get("run_id") == run_id:
+            return state
+        warnings.warn(f"skipping unreadable or foreign checkpoint {path}", stacklevel=2)
+    if files:
+        raise CheckpointError(
+            f"no readable checkpoint in {ckpt_dir} (all {len(files)} corrupt or from another run); "
+            "remove the directory or rerun with --overwrite"
+        )
+    return None

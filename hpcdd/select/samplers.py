@@ -1,0 +1,47 @@
+"""Samplers pick the real images a matching method compares against at each step.
+
+A sampler is handed to the Distiller (``method=dm, sampler=random`` is one config). It owns a
+``torch.Generator`` derived from the run seed, whose state is checkpointed with the run.
+A representative sampler (DREAM) gets the current matching net through ``net``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import nn
+
+from hpcdd.data import ClassBank
+from hpcdd.registry import Registry
+from hpcdd.seeding import generator
+
+
+class Sampler(ABC):
+    """Chooses indices of real training images of one class."""
+
+    def __init__(self, bank: ClassBank, seed: int) -> None:
+        self.bank = bank
+        self.generator = generator(seed, "sampler")
+
+    @abstractmethod
+    def indices(self, c: int, n: int, net: nn.Module | None = None) -> torch.Tensor:
+        """Up to ``n`` indices of class ``c`` (all of them if the class is smaller)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+SAMPLERS: Registry[type[Sampler]] = Registry("sampler")
+
+
+@SAMPLERS.register("random")
+class RandomSampler(Sampler):
+    """Uniform sampling without replacement inside the class (what DC/DSA/DM do)."""
+
+    def indices(self, c: int, n: int, net: nn.Module | None = None) -> torch.Tensor:
+        return self.bank.sample(c, n, self.generator)
