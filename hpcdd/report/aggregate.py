@@ -1,0 +1,272 @@
+"""Collect finished runs into one tidy table: one row per run, one column per field.
+
+A run dir (named by its 12-hex run id) holds ``config.yaml``, ``checkpoint/``, ``synset.pt``,
+``metrics.jsonl``, ``result.json`` and, written last, a ``done`` marker. Only dirs holding both
+``result.json`` and ``done`` become rows; a dir with ``config.yaml`` or ``result.json`` but no
+``done`` counts as *incomplete*. Nothing here ever writes into a run dir.
+
+``result.json`` is one flat JSON object. Its ``acc_std`` / ``acc_std__<arch>`` are the std over
+the ``eval_n`` fresh evaluation models of that one run (ddof=0); the tables in
+:mod:`hpcdd.report.tables` instead report mean and std *over seeds* (ddof=1).
+
+The walk uses ``os.scandir`` and collects plain dicts; the DataFrame is built once at the end,
+so 10,000 runs aggregate in seconds (see ``bench/bench_aggregate.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from hpcdd.config import run_config_fields
+from hpcdd.errors import ConfigError
+from hpcdd.io import atomic_write_text, try_load_json
+
+RESULT = "result.json"
+DONE = "done"
+CONFIG = "config.yaml"
+LIST_SEP = "+"
+"""Lists (e.g. ``eval_models``) are stored in the CSV as their items joined by this."""
+
+REQUIRED_KEYS = ("protocol", "method", "dataset", "ipc", "seed", "acc_mean")
+"""A result.json missing any of these is reported as unreadable rather than tabulated."""
+
+_SKIP_SUBDIRS = frozenset({"checkpoint"})
+"""Subdirs of a run dir that never hold runs (not descended into, to keep the walk fast)."""
+
+_SORT_KEYS = ("protocol", "method", "dataset", "ipc", "net", "seed")
+
+_RUN_META = (
+    "distill_seconds",
+    "eval_seconds",
+    "peak_rss_mb",
+    "iterations_done",
+    "hpcdd_version",
+    "git_commit",
+    "torch_version",
+    "hostname",
+    "device",
+    "finished_at",
+)
+
+
+@dataclass(frozen=True)
+class AggregateReport:
+    """What :func:`aggregate` found besides the rows: problems are listed, never fatal."""
+
+    roots: tuple[str, ...]
+    n_rows: int = 0
+    bad_files: tuple[tuple[str, str], ...] = ()
+    """(path, reason) for each result.json that could not be used."""
+    incomplete: tuple[str, ...] = ()
+    """Run dirs with config.yaml or result.json but no ``done`` marker (not tabulated)."""
+    duplicates: tuple[tuple[str, str], ...] = ()
+    """(run_id, dropped run dir) for run ids found more than once (newest finished_at kept)."""
+
+    def warnings(self) -> list[str]:
+        """Human-readable warning blocks (empty when nothing went wrong)."""
+        out: list[str] = []
+        if self.bad_files:
+            lines = [f"  {path}: {reason}" for path, reason in self.bad_files]
+            out.append(
+                f"skipped {len(self.bad_files)} unreadable result file(s):\n" + "\n".join(lines)
+            )
+        if self.duplicates:
+            lines = [f"  {rid}: {path}" for rid, path in self.duplicates]
+            out.append(
+                f"ignored {len(self.duplicates)} duplicate run(s) (same run_id found twice; "
+                "kept the newest finished_at):\n" + "\n".join(lines)
+            )
+        return out
+
+    def summary(self) -> str:
+        """One line: rows found and incomplete runs left out."""
+        text = f"{self.n_rows} finished run(s) from {len(self.roots)} dir(s)"
+        if self.incomplete:
+            text += f"; {len(self.incomplete)} incomplete run(s) (no 'done' marker) not included"
+        return text
+
+
+@dataclass
+class _Scan:
+    results: list[str] = field(default_factory=list)
+    incomplete: list[str] = field(default_factory=list)
+    bad: list[tuple[str, str]] = field(default_factory=list)
+
+
+def scan_runs(dirs: Iterable[str | os.PathLike[str]]) -> tuple[list[str], list[str], list]:
+    """Walk ``dirs`` recursively: (finished run dirs, incomplete run dirs, (path, reason) problems).
+
+    Symlinked subdirectories are not followed (the roots themselves may be symlinks).
+    """
+    scan = _Scan()
+    roots = [os.fspath(d) for d in dirs]
+    for root in roots:
+        if not os.path.isdir(root):
+            raise ConfigError(f"not a directory: {root}")
+        _walk(root, scan)
+    if len(roots) > 1:  # overlapping roots (runs/ and runs/a) must not count a run twice
+        return _unique(scan.results), _unique(scan.incomplete), sorted(set(scan.bad))
+    return sorted(scan.results), sorted(scan.incomplete), sorted(scan.bad)
+
+
+def _unique(paths: list[str]) -> list[str]:
+    by_real: dict[str, str] = {}
+    for p in sorted(paths):
+        by_real.setdefault(os.path.realpath(p), p)
+    return sorted(by_real.values())
+
+
+def _walk(root: str, scan: _Scan) -> None:
+    stack = [root]
+    while stack:
+        path = stack.pop()
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except OSError as e:
+            scan.bad.append((path, f"cannot list directory ({e.strerror or e})"))
+            continue
+        names = {e.name for e in entries}
+        is_run = RESULT in names or CONFIG in names
+        if DONE in names and RESULT in names:
+            scan.results.append(path)
+        elif DONE in names:
+            scan.bad.append((os.path.join(path, RESULT), "missing ('done' marker present)"))
+        elif is_run:
+            scan.incomplete.append(path)
+        for e in entries:
+            if is_run and e.name in _SKIP_SUBDIRS:
+                continue
+            if e.is_dir(follow_symlinks=False):
+                stack.append(e.path)
+
+
+def flatten_value(value: Any) -> Any:
+    """CSV-ready scalar: lists/tuples joined with ``+``, dicts as sorted JSON text."""
+    if isinstance(value, (list, tuple)):
+        return LIST_SEP.join(str(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def load_result(run_dir: str) -> tuple[dict[str, Any] | None, str]:
+    """(flat row, "") for a usable result.json, else (None, reason)."""
+    data = try_load_json(os.path.join(run_dir, RESULT))
+    if data is None:
+        return None, "not valid JSON (corrupt, truncated or unreadable)"
+    if not isinstance(data, dict):
+        return None, f"not a JSON object (got {type(data).__name__})"
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        return None, f"missing key(s): {', '.join(missing)}"
+    row = {k: flatten_value(v) for k, v in data.items()}
+    row.setdefault("run_id", os.path.basename(os.path.normpath(run_dir)))
+    row["run_dir"] = run_dir
+    return row, ""
+
+
+def column_order(columns: Iterable[str]) -> list[str]:
+    """Stable, readable column order: identity, config, accuracies, per-arch, metadata, rest."""
+    cols = list(dict.fromkeys(columns))
+    present = set(cols)
+    head = ["run_id", "protocol", *run_config_fields(), "acc_mean", "acc_std", "accs"]
+    archs = sorted({c.split("__", 1)[1] for c in cols if c.startswith("acc_mean__")})
+    per_arch = [f"{k}__{a}" for a in archs for k in ("acc_mean", "acc_std", "accs")]
+    ordered = [c for c in (*head, *per_arch, *_RUN_META) if c in present]
+    rest = sorted(present - set(ordered) - {"run_dir"})
+    tail = ["run_dir"] if "run_dir" in present else []
+    return ordered + rest + tail
+
+
+def _dedupe(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    best: dict[str, dict[str, Any]] = {}
+    dropped: list[tuple[str, str]] = []
+    for row in rows:
+        rid = str(row["run_id"])
+        old = best.get(rid)
+        if old is None:
+            best[rid] = row
+            continue
+        newer = str(row.get("finished_at", "")) > str(old.get("finished_at", ""))
+        keep, drop = (row, old) if newer else (old, row)
+        best[rid] = keep
+        dropped.append((rid, str(drop["run_dir"])))
+    kept = [r for r in rows if best[str(r["run_id"])] is r]
+    return kept, sorted(dropped)
+
+
+def aggregate(dirs: Iterable[str | os.PathLike[str]]) -> tuple[pd.DataFrame, AggregateReport]:
+    """One row per finished run found below ``dirs``, plus a report of what was left out.
+
+    Raises :class:`ConfigError` if a dir does not exist or no finished run is found.
+    """
+    roots = tuple(os.fspath(d) for d in dirs)
+    if not roots:
+        raise ConfigError("no runs directory given")
+    finished, incomplete, bad = scan_runs(roots)
+    rows: list[dict[str, Any]] = []
+    for run_dir in finished:
+        row, reason = load_result(run_dir)
+        if row is None:
+            bad.append((os.path.join(run_dir, RESULT), reason))
+        else:
+            rows.append(row)
+    rows, dups = _dedupe(rows)
+    report = AggregateReport(
+        roots=roots,
+        n_rows=len(rows),
+        bad_files=tuple(sorted(bad)),
+        incomplete=tuple(incomplete),
+        duplicates=tuple(dups),
+    )
+    if not rows:
+        raise ConfigError(_empty_message(roots, report))
+    df = pd.DataFrame.from_records(rows)
+    order = [c for c in (*_SORT_KEYS, "run_dir") if c in df.columns]
+    df = df.sort_values(order, kind="stable", na_position="last").reset_index(drop=True)
+    return df[column_order(df.columns)], report
+
+
+def _empty_message(roots: tuple[str, ...], report: AggregateReport) -> str:
+    where = ", ".join(roots)
+    parts = [f"no finished runs (result.json + done) found under {where}"]
+    if report.incomplete:
+        parts.append(f"{len(report.incomplete)} incomplete run(s) without 'done'")
+    if report.bad_files:
+        path, reason = report.bad_files[0]
+        parts.append(f"{len(report.bad_files)} unreadable result file(s), e.g. {path}: {reason}")
+    return "; ".join(parts)
+
+
+def to_csv_text(df: pd.DataFrame) -> str:
+    """The CSV text :func:`write_csv` writes (no index column)."""
+    return df.to_csv(index=False, lineterminator="\n")
+
+
+def write_csv(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write the aggregate table atomically; returns the path."""
+    out = Path(path)
+    atomic_write_text(out, to_csv_text(df))
+    return out
+
+
+def load_results_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a CSV written by ``hpcdd aggregate``; unreadable or empty -> :class:`ConfigError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"no such results file: {p}")
+    try:
+        df = pd.read_csv(p)
+    except (OSError, ValueError, pd.errors.ParserError) as e:
+        raise ConfigError(f"cannot read results CSV {p}: {e}") from None
+    if df.empty:
+        raise ConfigError(f"results CSV {p} has no rows")
+    return df
+
