@@ -43,6 +43,7 @@ class DM(Distiller):
         self.labels = class_labels(self.num_classes, cfg.ipc)
         self.optimizer = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum_img)
         self.dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
+        self.real_chunk = REAL_CHUNK
 
     # -- one iteration ------------------------------------------------------------------------
     def step(self, it: int) -> dict[str, float]:
@@ -76,7 +77,7 @@ class DM(Distiller):
         if has_batchnorm(net):
             return self.loss_per_class(net, real, syn)
         sizes = [len(r) for r in real]
-        emb = embed_nograd(net, torch.cat(real), REAL_CHUNK, self.cfg.precision)
+        emb = embed_nograd(net, torch.cat(real), self.real_chunk, self.cfg.precision)
         mean_real = torch.stack([e.mean(0) for e in emb.split(sizes)])
         emb_syn = net.embed(torch.cat(syn))
         mean_syn = emb_syn.view(self.num_classes, -1, emb_syn.shape[-1]).mean(1)

@@ -1,0 +1,128 @@
+"""The hpcdd command: help texts, bad input -> one line + exit 2, show/evaluate."""
+
+import subprocess
+import sys
+
+import pytest
+
+from hpcdd.cli import build_parser, main
+from hpcdd.run import run_one
+
+from helpers import QUIET, tiny
+
+TINY_FLAGS = ["--dataset", "digits", "--ipc", "1", "--iterations", "2", "--batch-real", "8",
+              "--eval-epochs", "1", "--eval-n", "1", "--no-progress"]
+
+
+def run_cli(capsys, *argv):
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse usage errors
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def subcommands():
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return sorted(action.choices)
+
+
+@pytest.mark.parametrize("cmd", subcommands())
+def test_every_subcommand_has_help(capsys, cmd):
+    code, out, _ = run_cli(capsys, cmd, "--help")
+    assert code == 0 and "usage: hpcdd" in out and len(out.splitlines()) > 3
+
+
+def test_top_level_help_lists_commands():
+    out = subprocess.run([sys.executable, "-m", "hpcdd.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for cmd in ("distill", "evaluate", "show", "aggregate", "table", "plot"):
+        assert cmd in out.stdout
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--method", "nope"], "unknown method 'nope'"),
+        (["--dataset", "nope"], "unknown dataset 'nope'"),
+        (["--net", "nope"], "unknown net 'nope'"),
+        (["--eval-models", "convnet3,nope"], "unknown net 'nope'"),
+        (["--ipc", "0"], "ipc must be >= 1"),
+        (["--iterations", "-1"], "iterations must be >= 0"),
+        (["--ipc", "ten"], "invalid int value"),
+        (["--checkpoint-every", "0"], "checkpoint_every"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, flags, words):
+    out_dir = tmp_path / "run"
+    code, _, err = run_cli(capsys, "distill", *TINY_FLAGS, *flags, "--out", str(out_dir))
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and words in err, err
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+def test_config_file_with_wrong_type(capsys, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("dataset: digits\nipc: [1, 2]\n")
+    code, _, err = run_cli(capsys, "distill", "--config", str(cfg), "--out", str(tmp_path / "r"))
+    assert code == 2 and "'ipc' must be int" in err and len(err.strip().splitlines()) == 1
+    cfg.write_text("dataset: digits\nexec: {checkpoint_every: often}\n")
+    code, _, err = run_cli(capsys, "run", str(cfg), "--out", str(tmp_path / "r"))
+    assert code == 2 and "checkpoint_every" in err
+
+
+def test_unwritable_out_dir(capsys, tmp_path):
+    (tmp_path / "f").write_text("")
+    code, _, err = run_cli(capsys, "distill", *TINY_FLAGS, "--out", str(tmp_path / "f" / "r"))
+    assert code == 2 and "cannot write to run dir" in err
+
+
+def test_existing_run_is_not_overwritten_unless_asked(capsys, tmp_path):
+    out = tmp_path / "r"
+    assert run_cli(capsys, "distill", *TINY_FLAGS, "--method", "random", "--out", str(out))[0] == 0
+    before = (out / "result.json").read_text()
+    code, _, err = run_cli(capsys, "distill", *TINY_FLAGS, "--method", "random", "--seed", "3", "--out", str(out))
+    assert code == 2 and "different run" in err
+    assert (out / "result.json").read_text() == before
+    code, _, _ = run_cli(capsys, "distill", *TINY_FLAGS, "--method", "random", "--seed", "3", "--out", str(out),
+                         "--overwrite")
+    assert code == 0 and (out / "result.json").read_text() != before
+
+
+def test_corrupt_checkpoint_is_exit_2(capsys, tmp_path):
+    out = tmp_path / "r"
+    run_one(tiny(), out, QUIET, evaluate=False)
+    (out / "synset.pt").unlink()
+    for p in (out / "checkpoint").iterdir():
+        p.write_bytes(b"not a checkpoint")
+    code, _, err = run_cli(capsys, "distill", "--dataset", "digits", "--ipc", "2", "--iterations", "6",
+                           "--batch-real", "16", "--eval-epochs", "2", "--eval-n", "1", "--out", str(out))
+    assert code == 2 and "no readable checkpoint" in err
+
+
+def test_show_and_evaluate(capsys, tmp_path):
+    out = tmp_path / "r"
+    assert run_cli(capsys, "distill", *TINY_FLAGS, "--no-eval", "--out", str(out))[0] == 0
+    code, text, _ = run_cli(capsys, "show", str(out))
+    assert code == 0 and "not evaluated" in text and (out / "synset.png").stat().st_size > 0
+    code, text, _ = run_cli(capsys, "evaluate", str(out), "--no-progress")
+    assert code == 0 and "dc1" in text and (out / "done").exists()
+    code, text, _ = run_cli(capsys, "show", str(out), "-o", str(tmp_path / "g.png"))
+    assert code == 0 and "acc (%)" in text and (tmp_path / "g.png").exists()
+    (out / "synset.pt").write_bytes(b"junk")
+    code, _, err = run_cli(capsys, "evaluate", str(out))
+    assert code == 2 and "corrupt" in err
+
+
+def test_every_torch_load_is_weights_only():
+    import re
+    from pathlib import Path
+
+    import hpcdd
+
+    root = Path(hpcdd.__file__).parent
+    for path in root.rglob("*.py"):
+        for call in re.findall(r"torch\.load\([^)]*\)", path.read_text()):
+            assert "weights_only=True" in call, f"{path}: {call}"
