@@ -5,6 +5,7 @@ Variants:
   batched-fp32  hpcdd: all classes in one no-grad pass over chunks of --chunk images
   batched-bf16  the same with bf16 autocast for the real-image pass (precision: bf16)
 
+hpcdd tunes glibc malloc (hpcdd/runtime/malloc.py) in run_one; --plain-malloc measures without it.
 Writes results/bench_dm.csv with provenance (commit, host, threads, torch version, date).
 Usage: python bench/bench_dm.py [--iters 10] [--warmup 2] [--chunks 64,128,256]
 """
@@ -24,6 +25,7 @@ from hpcdd.config import RunConfig, resolve
 from hpcdd.data import load_dataset
 from hpcdd.distill import METHODS
 from hpcdd.runtime.accel import make_accelerator
+from hpcdd.runtime.malloc import tune_malloc
 from hpcdd.runtime.provenance import git_commit
 from hpcdd.select import SAMPLERS
 
@@ -49,12 +51,16 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--chunks", default="64,128,256")
     ap.add_argument("--out", default="results/bench_dm.csv")
+    ap.add_argument("--plain-malloc", action="store_true", help="do not tune glibc malloc")
+    ap.add_argument("--variants", default="all", help="'all' or 'per-class' (the official structure only)")
     args = ap.parse_args()
+    malloc = "plain" if args.plain_malloc else ("tuned" if tune_malloc() else "plain")
     data = load_dataset("fashionmnist")
     variants = [("per-class", "fp32", True, 256)]
-    for chunk in map(int, args.chunks.split(",")):
-        variants += [(f"batched-fp32-chunk{chunk}", "fp32", False, chunk)]
-    variants += [("batched-bf16-chunk128", "bf16", False, 128)]
+    if args.variants == "all":
+        for chunk in map(int, args.chunks.split(",")):
+            variants += [(f"batched-fp32-chunk{chunk}", "fp32", False, chunk)]
+        variants += [("batched-bf16-chunk128", "bf16", False, 128)]
     meta = {
         "commit": git_commit()[:12], "host": platform.node(), "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__, "date": datetime.now(timezone.utc).date().isoformat(),
@@ -62,13 +68,15 @@ def main() -> None:
     rows = []
     for name, precision, per_class, chunk in variants:
         sec = time_variant(data, precision, per_class, chunk, args.iters, args.warmup)
-        rows.append({"variant": name, "sec_per_iter": round(sec, 3), "iters": args.iters, **meta})
-        print(f"{name:28s} {sec:.3f} s/iter", flush=True)
+        rows.append({"variant": name, "malloc": malloc, "sec_per_iter": round(sec, 3), "iters": args.iters, **meta})
+        print(f"{name:28s} malloc={malloc:5s} {sec:.3f} s/iter", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
+    new = not out.exists()
+    with open(out, "a", newline="") as f:  # appends, so plain and tuned runs share one CSV
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
+        if new:
+            w.writeheader()
         w.writerows(rows)
     print(f"wrote {out}")
 

@@ -61,14 +61,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(cfg: RunConfig, exe: ExecConfig, out: Path, overwrite: bool, evaluate: bool) -> int:
-    from hpcdd.run import is_done, prepare_run_dir, run_one
+    from hpcdd.run import Interrupted, is_done, prepare_run_dir, run_one
+    from hpcdd.runtime.preempt import EXIT_INTERRUPTED, StopFlag
 
     cfg = resolve(cfg)
     prepare_run_dir(cfg, out, overwrite=overwrite)
     if is_done(out):
         print(f"{out} already holds this finished run ({run_id(cfg)}); pass --overwrite to redo it",
               file=sys.stderr)
-    row = run_one(cfg, out, exe, evaluate=evaluate)
+    try:
+        with StopFlag() as stop:
+            row = run_one(cfg, out, exe, evaluate=evaluate, should_stop=stop)
+    except Interrupted as e:
+        print(f"hpcdd: {stop.received.name if stop.received else 'stop'} received: {e}; "
+              "run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if row is not None:
         _print_result(row)
     else:
@@ -108,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         "and aggregate results into tables. Run 'hpcdd COMMAND --help' for each command.",
     )
     p.add_argument("--version", action="version", version=f"hpcdd {__version__}")
+    p.epilog = ("Exit codes: 0 success, 2 bad input (one line on stderr), 3 stopped by SIGUSR2/SIGTERM "
+                "after writing a checkpoint (run the same command to resume).")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     d = sub.add_parser("distill", help="distill one synthetic set, evaluate it, write a run dir",
@@ -146,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_show)
 
     from hpcdd.report.commands import register as register_report
+    from hpcdd.sweep.commands import register as register_sweep
 
+    register_sweep(sub)
     register_report(sub)
     return p
 

@@ -11,7 +11,7 @@ Run dir layout::
     metrics.jsonl    {"it", "loss", ...} per iteration; {"it", "eval_acc", ...} periodic evals
     checkpoint/      ckpt-<it>.pt, the newest two kept
     synset.pt        {"images", "labels", "run_id", "info"} (torch.load(weights_only=True))
-    result.json      one flat row, see RESULT_SCHEMA in docs/results.md
+    result.json      one flat row (schema in README.md, 'The run dir')
     done             written last; its presence means result.json is complete
 """
 
@@ -41,6 +41,7 @@ from hpcdd.io import (
 )
 from hpcdd.runtime.accel import make_accelerator, peak_memory_mb
 from hpcdd.runtime.checkpoint import load_latest, save_checkpoint
+from hpcdd.runtime.malloc import tune_malloc
 from hpcdd.runtime.provenance import provenance
 from hpcdd.select import SAMPLERS
 
@@ -135,6 +136,7 @@ def run_one(
     if is_done(run_dir):
         return try_load_json(run_dir / "result.json")
     rid = run_id(cfg)
+    tune_malloc()
     accelerator = make_accelerator(exec_cfg.deterministic)
     data = load_dataset(cfg.dataset, root=exec_cfg.data_root, download=exec_cfg.download, im_size=cfg.im_size)
     syn, distill_seconds = _distill(cfg, rid, run_dir, data, accelerator, exec_cfg, should_stop)
@@ -243,6 +245,7 @@ def evaluate_run(run_dir: str | Path, exec_cfg: ExecConfig = ExecConfig()) -> di
     cfg = resolve(cfg)
     state = load_synset(run_dir)
     syn = SyntheticSet.from_state_dict(state)
+    tune_malloc()
     accelerator = make_accelerator(exec_cfg.deterministic)
     data = load_dataset(cfg.dataset, root=exec_cfg.data_root, download=exec_cfg.download, im_size=cfg.im_size)
     return _evaluate_and_record(cfg, run_id(cfg), run_dir, syn, data, accelerator.device,

@@ -20,15 +20,12 @@ def generator(seed: int, purpose: str, device: str | torch.device = "cpu") -> to
     return g
 
 
-def fresh_net(name: str, info: "DatasetInfo", seed: int, purpose: str, device: torch.device | str = "cpu"):  # noqa: F821
-    """Build a freshly initialised net whose weights come from ``(seed, purpose)``.
+def fresh_net(name: str, info, seed: int, purpose: str, device: torch.device | str = "cpu"):
+    """A freshly initialised net whose weights are drawn only from ``(seed, purpose)``.
 
-    torch's init functions draw from the global RNG, so the build runs inside ``fork_rng``
-    with an explicitly derived seed; the caller's global RNG state is left untouched.
+    ``info`` is the dataset's ``DatasetInfo`` (channels, classes, image size).
     """
     from hpcdd.nets import build
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, purpose))
-        net = build(name, info.channels, info.num_classes, info.im_size)
+    net = build(name, info.channels, info.num_classes, info.im_size, generator=generator(seed, purpose))
     return net.to(device)

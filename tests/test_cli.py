@@ -126,3 +126,31 @@ def test_every_torch_load_is_weights_only():
     for path in root.rglob("*.py"):
         for call in re.findall(r"torch\.load\([^)]*\)", path.read_text()):
             assert "weights_only=True" in call, f"{path}: {call}"
+
+
+def test_sigusr2_checkpoints_and_exits_3_then_resumes(tmp_path):
+    """The sbatch contract: USR2 -> checkpoint at the next step -> exit 3 -> rerun resumes."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "r"
+    argv = [sys.executable, "-m", "hpcdd.cli", "distill", "--dataset", "digits", "--ipc", "1",
+            "--iterations", "40", "--batch-real", "8", "--no-eval", "--checkpoint-every", "1000",
+            "--no-progress", "--out", str(out)]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 3) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGUSR2)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err
+    assert "SIGUSR2 received" in err and len(list((out / "checkpoint").iterdir())) == 1
+    stopped_at = int(next((out / "checkpoint").iterdir()).name[5:13])
+    assert 3 <= stopped_at < 40
+    proc = subprocess.run(argv,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"resumed at iteration {stopped_at}" in (out / "log.txt").read_text()
