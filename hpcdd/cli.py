@@ -11,7 +11,7 @@ import yaml
 
 from hpcdd import __version__
 from hpcdd.cli_args import add_config_flags, values_for
-from hpcdd.config import ExecConfig, RunConfig, from_dict, resolve, run_id
+from hpcdd.config import ExecConfig, RunConfig, from_dict
 from hpcdd.errors import ConfigError, HpcddError
 
 
@@ -20,6 +20,8 @@ def _load_yaml(path: str) -> dict[str, Any]:
         text = Path(path).read_text()
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -35,6 +37,8 @@ def _configs(args: argparse.Namespace, file_data: dict[str, Any], where: str) ->
     """RunConfig/ExecConfig from a config file (an optional ``exec:`` block) and flags on top."""
     file_data = dict(file_data)
     exec_data = file_data.pop("exec", None) or {}
+    if not isinstance(exec_data, dict):
+        raise ConfigError(f"'exec' in {where} must be a mapping of execution keys")
     run = from_dict(RunConfig, {**file_data, **values_for(RunConfig, args)}, where=where)
     exe = from_dict(ExecConfig, {**exec_data, **values_for(ExecConfig, args)}, where=f"{where} exec")
     return run, exe
@@ -61,17 +65,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(cfg: RunConfig, exe: ExecConfig, out: Path, overwrite: bool, evaluate: bool) -> int:
-    from hpcdd.run import Interrupted, is_done, prepare_run_dir, run_one
-    from hpcdd.runtime.preempt import EXIT_INTERRUPTED, StopFlag
+    from hpcdd.run import is_done, run_one
+    from hpcdd.runtime.preempt import EXIT_INTERRUPTED, Interrupted, StopFlag
 
-    cfg = resolve(cfg)
-    prepare_run_dir(cfg, out, overwrite=overwrite)
-    if is_done(out):
-        print(f"{out} already holds this finished run ({run_id(cfg)}); pass --overwrite to redo it",
-              file=sys.stderr)
+    if is_done(out) and not overwrite:
+        print(f"{out} already holds a finished run; pass --overwrite to redo it", file=sys.stderr)
     try:
         with StopFlag() as stop:
-            row = run_one(cfg, out, exe, evaluate=evaluate, should_stop=stop)
+            row = run_one(cfg, out, exe, evaluate=evaluate, should_stop=stop, overwrite=overwrite)
     except Interrupted as e:
         print(f"hpcdd: {stop.received.name if stop.received else 'stop'} received: {e}; "
               "run the same command again to resume", file=sys.stderr)

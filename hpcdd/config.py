@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
+        _canonical_floats(self)
         if self.ipc < 1:
             raise ConfigError(f"ipc must be >= 1, got {self.ipc}")
         if self.iterations is not None and self.iterations < 0:
@@ -83,6 +85,10 @@ class RunConfig:
             raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if not self.eval_models:
             raise ConfigError("eval_models must name at least one architecture")
+        if len(set(self.eval_models)) != len(self.eval_models):
+            raise ConfigError(f"eval_models lists an architecture twice: {list(self.eval_models)}")
+        if self.im_size is not None and self.im_size < 8:
+            raise ConfigError(f"im_size must be >= 8, got {self.im_size}")
 
     @property
     def protocol(self) -> str:
@@ -135,6 +141,19 @@ def _check_types(obj: Any) -> None:
             )
 
 
+def _canonical_floats(obj: Any) -> None:
+    """Store ints given for float fields as floats (so 1 and 1.0 are one identity) and reject
+    NaN/Inf. Runs in ``__post_init__``: the frozen value is canonical from the start."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if float in (hints[f.name], *typing.get_args(hints[f.name])) and isinstance(value, (int, float)) \
+                and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"config key {f.name!r} must be finite, got {value!r}")
+            object.__setattr__(obj, f.name, float(value))
+
+
 def _matches(value: Any, tp: Any) -> bool:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
@@ -180,7 +199,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
         raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(map(str, set(data) - names))
     if unknown:
         raise ConfigError(f"unknown key(s) in {where}: {', '.join(map(str, unknown))}")
     return cls(**{k: _coerce(v, hints[k]) for k, v in data.items()})

@@ -8,17 +8,18 @@ Every result carries ``cfg.protocol`` (e.g. ``dc1000``) so budgets are never mix
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from hpcdd.augment import DSA
+from hpcdd.augment import DSA, default_strategy
 from hpcdd.config import RunConfig
 from hpcdd.data import DatasetInfo, ImageSet
 from hpcdd.distill.base import SyntheticSet
+from hpcdd.runtime.preempt import Interrupted
 from hpcdd.seeding import fresh_net, generator
 
 TEST_BATCH = 500
@@ -36,13 +37,19 @@ def train_from_scratch(
     device: torch.device,
     progress: bool = False,
     desc: str = "",
+    should_stop: Callable[[], bool] | None = None,
 ) -> torch.nn.Module:
-    """Train ``net`` on the synthetic set (one of the protocol's fresh models)."""
+    """Train ``net`` on the synthetic set (one of the protocol's fresh models).
+
+    Raises ``Interrupted`` between epochs when ``should_stop()`` is true (preemption).
+    """
     images, labels = syn.images.to(device), syn.labels.to(device)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[epochs // 2], gamma=0.1)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[max(1, epochs // 2)], gamma=0.1)
     net.train()
     for _ in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
+        if should_stop is not None and should_stop():
+            raise Interrupted(None)
         order = torch.randperm(len(images), generator=gen).to(device)
         for start in range(0, len(images), batch):
             idx = order[start : start + batch]
@@ -79,22 +86,27 @@ def evaluate_synset(
     epochs: int | None = None,
     purpose: str = "eval",
     progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """``{arch: {"accs": [...], "acc_mean": m, "acc_std": s}}`` (std over models, ddof=0)."""
+    """``{arch: {"accs": [...], "acc_mean": m, "acc_std": s}}`` (std over models, ddof=0).
+
+    Augmentation is the dataset's default DSA strategy (the protocol's), whatever strategy
+    the distillation used, so results labelled with one protocol are comparable.
+    """
     models = models or cfg.eval_models
     n = n or cfg.eval_n
     epochs = epochs or cfg.eval_epochs
-    dsa = DSA(cfg.dsa_strategy) if cfg.eval_dsa else None
+    dsa = DSA(default_strategy(cfg.dataset)) if cfg.eval_dsa else None
     out: dict[str, dict[str, Any]] = {}
     for arch in models:
         accs = []
         for k in range(n):
             tag = f"{purpose}-{arch}-{k}"
-            net = fresh_net(arch, info, cfg.seed, tag, device)
+            net = fresh_net(arch, info, cfg.seed, f"{tag}-init", device)
             train_from_scratch(
                 net, syn, epochs=epochs, lr=cfg.eval_lr, batch=cfg.eval_batch, dsa=dsa,
-                gen=generator(cfg.seed, tag), device=device, progress=progress,
-                desc=f"eval {arch} {k + 1}/{n}",
+                gen=generator(cfg.seed, f"{tag}-train"), device=device, progress=progress,
+                desc=f"eval {arch} {k + 1}/{n}", should_stop=should_stop,
             )
             accs.append(test_accuracy(net, test, device))
         out[arch] = {"accs": accs, "acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs))}

@@ -17,14 +17,16 @@ Run dir layout::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import yaml
@@ -35,6 +37,7 @@ from hpcdd.data import load_dataset
 from hpcdd.distill import METHODS, SyntheticSet
 from hpcdd.errors import CheckpointError, NonFiniteLossError, RunDirError
 from hpcdd.evaluate import evaluate_synset, flat_metrics
+from hpcdd.nets import build as build_net
 from hpcdd.io import (
     append_line, atomic_torch_save, atomic_write_json, atomic_write_text, atomic_write_yaml,
     read_jsonl, try_load_json, try_torch_load,
@@ -42,16 +45,9 @@ from hpcdd.io import (
 from hpcdd.runtime.accel import make_accelerator, peak_memory_mb
 from hpcdd.runtime.checkpoint import load_latest, save_checkpoint
 from hpcdd.runtime.malloc import tune_malloc
+from hpcdd.runtime.preempt import Interrupted
 from hpcdd.runtime.provenance import provenance
 from hpcdd.select import SAMPLERS
-
-
-class Interrupted(Exception):
-    """Raised after a checkpoint was written because ``should_stop()`` asked for it."""
-
-    def __init__(self, it: int) -> None:
-        super().__init__(f"stopped after iteration {it}; checkpoint written")
-        self.it = it
 
 
 # ----------------------------------------------------------------------------------------------
@@ -79,11 +75,13 @@ def is_done(run_dir: Path) -> bool:
     return (Path(run_dir) / "done").exists() and try_load_json(Path(run_dir) / "result.json") is not None
 
 
-def prepare_run_dir(cfg: RunConfig, run_dir: Path, overwrite: bool = False) -> None:
-    """Create ``run_dir`` for ``cfg`` (resolved), refusing to clobber a different run."""
+def check_run_dir(cfg: RunConfig, run_dir: Path, overwrite: bool = False) -> None:
+    """Make sure ``run_dir`` is writable and free for ``cfg`` (resolved); writes no files.
+
+    A dir holding another hpcdd run is refused unless ``overwrite``; a non-empty dir that is not
+    an hpcdd run dir is always refused (``--overwrite`` never deletes foreign files).
+    """
     run_dir = Path(run_dir)
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -92,15 +90,44 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, overwrite: bool = False) -> N
     except OSError as e:
         raise RunDirError(f"cannot write to run dir {run_dir}: {e.strerror}") from None
     existing = read_config(run_dir)
-    if existing is not None and run_id(existing) != run_id(cfg):
-        raise RunDirError(
-            f"{run_dir} already holds a different run ({run_id(existing)}); "
-            "choose another --out or pass --overwrite"
-        )
     if existing is None:
-        if any(p.name not in ("log.txt",) for p in run_dir.iterdir() if not p.name.startswith(".")):
+        if any(not p.name.startswith(".") and p.name != "log.txt" for p in run_dir.iterdir()):
             raise RunDirError(f"{run_dir} is not empty and is not an hpcdd run dir; choose another --out")
-        atomic_write_yaml(run_dir / "config.yaml", to_dict(cfg))
+    elif run_id(existing) != run_id(cfg):
+        if not overwrite:
+            raise RunDirError(f"{run_dir} already holds a different run ({run_id(existing)}); "
+                              "choose another --out or pass --overwrite")
+        shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+    elif overwrite:
+        shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+
+
+def write_config(cfg: RunConfig, run_dir: Path) -> None:
+    """Write ``config.yaml`` (the resolved config) unless the dir already has it."""
+    if not (Path(run_dir) / "config.yaml").exists():
+        atomic_write_yaml(Path(run_dir) / "config.yaml", to_dict(cfg))
+
+
+def prepare_run_dir(cfg: RunConfig, run_dir: Path, overwrite: bool = False) -> None:
+    """``check_run_dir`` then ``write_config``: a run dir ready to be submitted."""
+    check_run_dir(cfg, run_dir, overwrite)
+    write_config(cfg, run_dir)
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Exclusive lock on ``run_dir/.lock``: two processes never run in one dir at once."""
+    with open(Path(run_dir) / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirError(f"{run_dir} is in use by another hpcdd process") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def load_synset(run_dir: Path) -> dict[str, Any]:
@@ -124,28 +151,35 @@ def run_one(
     *,
     evaluate: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any] | None:
     """Distill (resuming if possible), evaluate, and return the result row.
 
     Returns the existing row if the run is already done; ``None`` if ``evaluate`` is False.
     Raises ``Interrupted`` after checkpointing when ``should_stop()`` becomes true.
+    ``overwrite`` deletes a previous hpcdd run in ``run_dir`` first (never foreign files).
     """
     cfg = resolve(cfg)
     run_dir = Path(run_dir)
-    prepare_run_dir(cfg, run_dir)
-    if is_done(run_dir):
-        return try_load_json(run_dir / "result.json")
+    check_run_dir(cfg, run_dir, overwrite)
+    with run_dir_lock(run_dir):
+        if is_done(run_dir):
+            return try_load_json(run_dir / "result.json")
+        tune_malloc()
+        accelerator = make_accelerator(exec_cfg.deterministic)
+        data = load_dataset(cfg.dataset, root=exec_cfg.data_root, download=exec_cfg.download,
+                            im_size=cfg.im_size)
+        for name in {cfg.net, *cfg.eval_models}:  # fail on a net/image-size mismatch up front
+            build_net(name, data.info.channels, data.info.num_classes, data.info.im_size)
+        syn, seconds = _distill(cfg, run_dir, data, accelerator, exec_cfg, should_stop)
+        if not evaluate:
+            return None
+        return _evaluate_and_record(cfg, run_dir, syn, data, accelerator.device, seconds, exec_cfg,
+                                    should_stop)
+
+
+def _distill(cfg, run_dir, data, accelerator, exec_cfg, should_stop) -> tuple[SyntheticSet, float]:
     rid = run_id(cfg)
-    tune_malloc()
-    accelerator = make_accelerator(exec_cfg.deterministic)
-    data = load_dataset(cfg.dataset, root=exec_cfg.data_root, download=exec_cfg.download, im_size=cfg.im_size)
-    syn, distill_seconds = _distill(cfg, rid, run_dir, data, accelerator, exec_cfg, should_stop)
-    if not evaluate:
-        return None
-    return _evaluate_and_record(cfg, rid, run_dir, syn, data, accelerator.device, distill_seconds, exec_cfg)
-
-
-def _distill(cfg, rid, run_dir, data, accelerator, exec_cfg, should_stop) -> tuple[SyntheticSet, float]:
     synset_path = run_dir / "synset.pt"
     previous = try_torch_load(synset_path)
     if isinstance(previous, dict) and previous.get("run_id") == rid and "images" in previous:
@@ -153,6 +187,7 @@ def _distill(cfg, rid, run_dir, data, accelerator, exec_cfg, should_stop) -> tup
         return SyntheticSet.from_state_dict(previous), float(previous.get("distill_seconds", 0.0))
     sampler = SAMPLERS.get(cfg.sampler)(data.train, cfg.seed)
     distiller = METHODS.get(cfg.method)(cfg, data.train, accelerator, sampler)
+    write_config(cfg, run_dir)  # only now: the config has loaded data and built its nets
     ckpt_dir = run_dir / "checkpoint"
     state = load_latest(ckpt_dir, rid)
     start, elapsed = 0, 0.0
@@ -197,6 +232,10 @@ def _distill(cfg, rid, run_dir, data, accelerator, exec_cfg, should_stop) -> tup
             raise Interrupted(done_its)
     seconds = time.perf_counter() - t0
     syn = distiller.synthetic()
+    if not torch.isfinite(syn.images).all():
+        msg = f"the distilled images contain NaN/Inf; not saved (checkpoints kept in {ckpt_dir})"
+        log(run_dir, msg)
+        raise NonFiniteLossError(msg)
     atomic_torch_save(synset_path, {
         **syn.state_dict(), "run_id": rid, "distill_seconds": seconds,
         "info": dataclasses.asdict(data.info),
@@ -206,8 +245,13 @@ def _distill(cfg, rid, run_dir, data, accelerator, exec_cfg, should_stop) -> tup
 
 
 def _truncate_metrics(path: Path, start: int) -> None:
-    """Drop metric rows logged after the checkpoint we resume from (they will be redone)."""
-    rows = [r for r in read_jsonl(path) if int(r.get("it", 0)) < start]
+    """Drop metric rows logged after the checkpoint we resume from (they will be redone).
+
+    Loss rows carry the iteration index (``it < start`` were done); eval rows carry the number
+    of completed iterations (``it <= start`` were done).
+    """
+    rows = [r for r in read_jsonl(path)
+            if int(r.get("it", 0)) < start or ("eval_acc" in r and int(r["it"]) == start)]
     if path.exists():
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
@@ -221,9 +265,12 @@ def _quick_eval(cfg, run_dir, syn, data, device, it: int) -> None:
         {"it": it, "eval_acc": res[model]["acc_mean"], "eval_model": model, "eval_epochs": 100}))
 
 
-def _evaluate_and_record(cfg, rid, run_dir, syn, data, device, distill_seconds, exec_cfg) -> dict[str, Any]:
+def _evaluate_and_record(cfg, run_dir, syn, data, device, distill_seconds, exec_cfg,
+                         should_stop=None) -> dict[str, Any]:
+    rid = run_id(cfg)
     t0 = time.perf_counter()
-    per_arch = evaluate_synset(syn, data.test, data.info, cfg, device, progress=exec_cfg.progress)
+    per_arch = evaluate_synset(syn, data.test, data.info, cfg, device, progress=exec_cfg.progress,
+                               should_stop=should_stop)
     row = {
         "run_id": rid, "protocol": cfg.protocol, **to_dict(cfg), **flat_metrics(per_arch),
         "distill_seconds": round(distill_seconds, 3), "eval_seconds": round(time.perf_counter() - t0, 3),
@@ -246,7 +293,9 @@ def evaluate_run(run_dir: str | Path, exec_cfg: ExecConfig = ExecConfig()) -> di
     state = load_synset(run_dir)
     syn = SyntheticSet.from_state_dict(state)
     tune_malloc()
-    accelerator = make_accelerator(exec_cfg.deterministic)
-    data = load_dataset(cfg.dataset, root=exec_cfg.data_root, download=exec_cfg.download, im_size=cfg.im_size)
-    return _evaluate_and_record(cfg, run_id(cfg), run_dir, syn, data, accelerator.device,
-                                float(state.get("distill_seconds", 0.0)), exec_cfg)
+    with run_dir_lock(run_dir):
+        accelerator = make_accelerator(exec_cfg.deterministic)
+        data = load_dataset(cfg.dataset, root=exec_cfg.data_root, download=exec_cfg.download,
+                            im_size=cfg.im_size)
+        return _evaluate_and_record(cfg, run_dir, syn, data, accelerator.device,
+                                    float(state.get("distill_seconds", 0.0)), exec_cfg)

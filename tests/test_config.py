@@ -85,3 +85,13 @@ def test_protocol_labels():
     assert RunConfig().protocol == "dc1000"
     assert RunConfig(eval_epochs=300).protocol == "dc300"
     assert RunConfig(eval_epochs=300, eval_dsa=False).protocol == "dc300-noaug"
+
+
+def test_ints_for_float_fields_are_one_identity_and_non_finite_is_rejected():
+    assert run_id(RunConfig(lr_img=1)) == run_id(RunConfig(lr_img=1.0))
+    assert isinstance(RunConfig(momentum_img=0).momentum_img, float)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="finite"):
+            RunConfig(lr_img=bad)
+    with pytest.raises(ConfigError, match="twice"):
+        RunConfig(eval_models=("convnet3", "convnet3"))

@@ -79,3 +79,19 @@ def test_herding_and_kcenter_pick_distinct_sensible_points():
     assert h[0].item() == 3  # closest to the mean (3.02, 3.0)
     k = kcenter(feats, 3, first=0)
     assert k.tolist() == [0, 1, 2]  # always the farthest remaining point
+
+
+def test_dm_batchnorm_net_uses_one_unchunked_all_class_forward():
+    """The official BN branch: one forward over every class's real images (batch statistics
+    over the whole batch), never per class or per chunk."""
+    cfg, data, d = make("dm", dsa=False, net="convnet3_bn")
+    net = fresh_net(cfg.net, data.info, 0, "t")
+    g = torch.Generator().manual_seed(0)
+    real = [data.train.class_images(c, cfg.batch_real, g) for c in range(data.info.num_classes)]
+    syn = [d.images[c * cfg.ipc:(c + 1) * cfg.ipc] for c in range(data.info.num_classes)]
+    d.real_chunk = 7  # would change BN statistics if it were used
+    with torch.no_grad():
+        emb_real = net.embed(torch.cat(real)).view(data.info.num_classes, cfg.batch_real, -1).mean(1)
+        emb_syn = net.embed(torch.cat(syn)).view(data.info.num_classes, cfg.ipc, -1).mean(1)
+        expected = ((emb_real - emb_syn) ** 2).sum()
+        torch.testing.assert_close(d.loss(net, real, syn), expected, rtol=1e-5, atol=1e-6)

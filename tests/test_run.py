@@ -110,3 +110,31 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
     for _, p in checkpoint_files(tmp_path / "checkpoint"):
         state = torch.load(p, weights_only=True)
         assert torch.isfinite(state["distiller"]["images"]).all()
+
+
+def test_overwrite_replaces_an_hpcdd_run_but_never_foreign_files(tmp_path):
+    run_one(tiny(method="random"), tmp_path / "r", QUIET, evaluate=False)
+    run_one(tiny(method="random", seed=2), tmp_path / "r", QUIET, evaluate=False, overwrite=True)
+    assert run_id(resolve(tiny(method="random", seed=2))) in (tmp_path / "r" / "synset.pt").read_bytes().decode("latin1")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    with pytest.raises(RunDirError, match="not an hpcdd run dir"):
+        run_one(tiny(method="random"), tmp_path / "mine", QUIET, evaluate=False, overwrite=True)
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+
+
+def test_a_run_dir_is_locked_while_in_use(tmp_path):
+    from hpcdd.run import run_dir_lock
+
+    run_one(tiny(method="random"), tmp_path, QUIET, evaluate=False)
+    with run_dir_lock(tmp_path):
+        with pytest.raises(RunDirError, match="in use"):
+            run_one(tiny(method="random"), tmp_path, QUIET, evaluate=False)
+
+
+def test_invalid_config_leaves_no_config_behind(tmp_path):
+    from hpcdd.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        run_one(tiny(net="convnet4", im_size=8), tmp_path / "r", QUIET, evaluate=False)
+    assert not (tmp_path / "r" / "config.yaml").exists()

@@ -47,11 +47,24 @@ def finish(source: Any, names: tuple[str, ...], train: Split, test: Split, im_si
 # ---------------------------------------------------------------------------------------- CIFAR
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR batches hold (dicts, lists, numpy arrays): a planted file
+    under --data-root cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
 def unpickle(path: Path) -> dict[str, Any]:
     """One CIFAR python-format file, with bytes keys decoded to str."""
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="bytes")  # noqa: S301 - CIFAR's own file format
+            obj = _ArrayUnpickler(f, encoding="bytes").load()
     except (OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from exc
     if not isinstance(obj, dict):

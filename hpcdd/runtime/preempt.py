@@ -20,6 +20,18 @@ EXIT_INTERRUPTED = 3
 """Exit code of ``hpcdd run``/``distill`` after a checkpoint-and-stop: resumable, not done."""
 
 
+class Interrupted(Exception):
+    """Raised at a safe point after ``should_stop()`` asked for it. ``it`` is the number of
+    completed distillation iterations saved in the checkpoint (``None``: during evaluation,
+    which restarts from ``synset.pt``)."""
+
+    def __init__(self, it: int | None) -> None:
+        where = f"after iteration {it}; checkpoint written" if it is not None else \
+            "during evaluation; synset.pt kept, evaluation restarts"
+        super().__init__(f"stopped {where}")
+        self.it = it
+
+
 class StopFlag:
     """``with StopFlag() as stop: run_one(..., should_stop=stop)``."""
 

@@ -11,22 +11,31 @@ import torch
 import hpcdd
 
 
-def git_commit() -> str:
-    """The commit of the hpcdd source tree, or 'unknown' outside a git checkout."""
+def _git(*args: str) -> str | None:
     src = Path(hpcdd.__file__).resolve().parent
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=10
-        )
+        out = subprocess.run(["git", *args], cwd=src, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
-def provenance(device: torch.device) -> dict[str, str]:
+def git_commit() -> str:
+    """The commit of the hpcdd source tree, or 'unknown' outside a git checkout."""
+    return _git("rev-parse", "HEAD") or "unknown"
+
+
+def git_dirty() -> bool | None:
+    """Whether the hpcdd source files differ from the commit (None outside a checkout)."""
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    return None if status is None else bool(status)
+
+
+def provenance(device: torch.device) -> dict[str, str | bool | None]:
     return {
         "hpcdd_version": hpcdd.__version__,
         "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
         "torch_version": torch.__version__,
         "hostname": platform.node(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
