@@ -118,6 +118,9 @@ class ExecConfig:
     """Show tqdm progress bars."""
     deterministic: bool = True
     """Use deterministic algorithms (bit-identical resume on CPU)."""
+    threads: int | None = None
+    """torch CPU threads (None: torch's default). Sweeps set it from cpus_per_task, or share the
+    cores between parallel local runs. Bitwise results depend on it (reduction order)."""
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -125,6 +128,8 @@ class ExecConfig:
             raise ConfigError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if self.eval_every < 0:
             raise ConfigError(f"eval_every must be >= 0, got {self.eval_every}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -166,6 +166,8 @@ def run_one(
         if is_done(run_dir):
             return try_load_json(run_dir / "result.json")
         tune_malloc()
+        if exec_cfg.threads is not None:
+            torch.set_num_threads(exec_cfg.threads)
         accelerator = make_accelerator(exec_cfg.deterministic)
         data = load_dataset(cfg.dataset, root=exec_cfg.data_root, download=exec_cfg.download,
                             im_size=cfg.im_size)

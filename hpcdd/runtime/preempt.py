@@ -9,6 +9,7 @@ raises ``Interrupted``. Previous handlers are restored on exit.
 from __future__ import annotations
 
 import signal
+import threading
 from types import FrameType
 from typing import Any, Callable
 
@@ -46,14 +47,24 @@ class StopFlag:
     def __call__(self) -> bool:
         return self.received is not None
 
+    def forward(self, frame: FrameType | None = None) -> bool:
+        """Call the handler that was installed before ours for the received signal (e.g.
+        submitit's checkpoint-and-requeue) now that it is safe; False if there is none."""
+        handler = self._previous.get(self.received) if self.received is not None else None
+        if callable(handler):
+            handler(int(self.received), frame)
+            return True
+        return False
+
     def __enter__(self) -> "StopFlag":
-        for sig in self.signals:
-            self._previous[sig] = signal.signal(sig, self._handle)
+        if threading.current_thread() is threading.main_thread():  # signals live in the main thread
+            for sig in self.signals:
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         self._previous.clear()
 
 

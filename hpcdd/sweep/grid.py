@@ -1,0 +1,331 @@
+"""Grid files: a base config plus what varies, expanded into a deterministic list of runs.
+
+A grid file (YAML) holds::
+
+    name: fmnist-dm                       # the sweep's name (default: the file's stem)
+    base: {method: dm, dataset: fashionmnist, ipc: 10}
+    grid: {ipc: [1, 10, 50], sampler: [random]}   # Cartesian product; or a LIST of such
+                                                  # dicts (the union of their products)
+    zip: {method: [dm, random], lr_img: [1.0, null]}   # lists zipped together, crossed with grid
+    seeds: 3                              # seed 0..2, or an explicit list [0, 5]
+    exec: {checkpoint_every: 50}          # ExecConfig keys (not part of any run's identity)
+    slurm: {partition: gpu, time_min: 240, ...}        # see SlurmSpec
+
+Expansion is a pure function: grid dicts in file order, each dict's keys in file order (the last
+key varies fastest), then the zip rows, then the seeds. Each point is
+``resolve(from_dict(RunConfig, base | point))`` and is identified by ``run_id`` of it. Every
+problem raises ``ConfigError`` with one line, before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hpcdd.config import ExecConfig, RunConfig, from_dict, resolve, run_config_fields, run_id, to_dict
+from hpcdd.errors import ConfigError
+
+TOP_LEVEL_KEYS = ("name", "base", "grid", "zip", "seeds", "exec", "slurm")
+SEED_KEY = "seed"
+NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+"""Sweep names: used in the Slurm job name (hpcdd-<name>) and RUNS_DIR/.sweeps/<name>.json."""
+
+
+@dataclass(frozen=True)
+class SlurmSpec:
+    """Resources of every array task of a sweep (the ``slurm:`` block of a grid file)."""
+
+    partition: str | None = None
+    """Slurm partition (None: the cluster's default partition)."""
+    gpus_per_task: int | None = None
+    """GPUs per task (None: none requested)."""
+    cpus_per_task: int | None = None
+    """CPU cores per task (None: the cluster's default, usually 1)."""
+    mem_gb: float | None = None
+    """Memory per task in GB (None: the cluster's default)."""
+    time_min: int = 60
+    """Time limit of one task in minutes (a timed-out task is requeued, see max_timeouts)."""
+    array_parallelism: int = 32
+    """At most this many tasks of one array run at once (``%N`` of ``--array``)."""
+    qos: str | None = None
+    """Slurm quality of service."""
+    account: str | None = None
+    """Slurm account to charge."""
+    max_timeouts: int = 3
+    """How many times a task that hits its time limit is requeued (submitit max_num_timeout)."""
+    signal_delay_s: int = 90
+    """USR2 is sent this many seconds before the time limit (the task checkpoints, requeues)."""
+    additional: dict = field(default_factory=dict)
+    """Extra ``#SBATCH --key=value`` lines, e.g. {constraint: a100}."""
+
+    def __post_init__(self) -> None:
+        _check_spec_types(self)
+        for name in ("time_min", "array_parallelism"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"slurm {name} must be >= 1, got {getattr(self, name)}")
+        for name in ("gpus_per_task", "cpus_per_task", "mem_gb"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"slurm {name} must be > 0, got {value}")
+        if self.max_timeouts < 0 or self.signal_delay_s < 0:
+            raise ConfigError("slurm max_timeouts and signal_delay_s must be >= 0")
+        for key, value in self.additional.items():
+            if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
+                raise ConfigError(
+                    f"slurm additional must map option names to scalar values, got {key!r}: {value!r}"
+                )
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One point of an expanded grid."""
+
+    index: int
+    """Position in the deterministic expansion order (0-based)."""
+    run_id: str
+    """Identity: ``run_id`` of the resolved config; the run dir is ``RUNS_DIR/<run_id>``."""
+    config: RunConfig
+    """The resolved config that runs."""
+    point: dict = field(default_factory=dict)
+    """The values this point took from grid, zip and seeds (for tables)."""
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """An expanded grid file."""
+
+    name: str
+    """The sweep's name (manifest ``RUNS_DIR/.sweeps/<name>.json``)."""
+    runs: tuple[SweepRun, ...]
+    """Every run, in expansion order; identities are unique."""
+    axes: tuple[str, ...]
+    """Config keys that vary (grid, zip and seed keys), in file order."""
+    exec: ExecConfig
+    """Execution settings passed to every run (not part of identity)."""
+    slurm: SlurmSpec
+    """Resources of every array task."""
+    source: str = ""
+    """Where the grid came from (a file path), for messages."""
+
+    def run_ids(self) -> list[str]:
+        return [r.run_id for r in self.runs]
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+
+def load_grid(path: str | Path) -> Sweep:
+    """Read, validate and expand the grid file at ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read grid file {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return expand_grid(data, default_name=path.stem, source=str(path))
+
+
+def expand_grid(data: Any, default_name: str = "sweep", source: str = "grid") -> Sweep:
+    """Validate a parsed grid document and expand it into a ``Sweep`` (pure, deterministic)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must be a mapping with keys {', '.join(TOP_LEVEL_KEYS)}")
+    _reject_unknown(data, TOP_LEVEL_KEYS, f"{source}: unknown top-level key(s)")
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise ConfigError(f"{source}: name must be letters, digits, '.', '_' or '-' "
+                          f"(not starting with '.'), got {name!r}")
+    base = _mapping(data.get("base"), f"{source}: base")
+    blocks = _grid_blocks(data.get("grid"), source)
+    zipped = _zip_rows(data.get("zip"), source)
+    seeds = _seeds(data.get("seeds"), source)
+    _check_keys(base, blocks, zipped, seeds, source)
+    exec_cfg = from_dict(ExecConfig, _mapping(data.get("exec"), f"{source}: exec"), where=f"{source} exec")
+    slurm = _slurm_spec(data.get("slurm"), source)
+    points = list(_points(blocks, zipped, seeds))
+    runs = _resolve_points(base, points, source)
+    axes = _axes(blocks, zipped, seeds)
+    return Sweep(name=name, runs=tuple(runs), axes=axes, exec=exec_cfg, slurm=slurm, source=source)
+
+
+# ----------------------------------------------------------------------------------------------
+# validation helpers
+
+
+def _reject_unknown(data: dict, allowed: tuple[str, ...] | list[str], what: str) -> None:
+    unknown = [str(k) for k in data if k not in allowed]
+    if unknown:
+        raise ConfigError(f"{what}: {', '.join(unknown)} (allowed: {', '.join(allowed)})")
+
+
+def _mapping(value: Any, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what} must be a mapping, got {type(value).__name__}")
+    return dict(value)
+
+
+def _value_list(key: Any, values: Any, what: str) -> list:
+    if not isinstance(values, list):
+        raise ConfigError(f"{what} key {key!r} must be a list of values, got {values!r}")
+    if not values:
+        raise ConfigError(f"{what} key {key!r} is an empty list: the product would have no runs")
+    return values
+
+
+def _grid_blocks(value: Any, source: str) -> list[dict[str, list]]:
+    """The ``grid:`` value as a list of {key: values} dicts (one dict: a one-element list)."""
+    if value is None:
+        return [{}]
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise ConfigError(f"{source}: grid must be a mapping or a list of mappings")
+    if not value:
+        raise ConfigError(f"{source}: grid is an empty list: the product would have no runs")
+    blocks = []
+    for i, block in enumerate(value):
+        where = f"{source}: grid" if len(value) == 1 else f"{source}: grid[{i}]"
+        block = _mapping(block, where)
+        blocks.append({k: _value_list(k, v, where) for k, v in block.items()})
+    return blocks
+
+
+def _zip_rows(value: Any, source: str) -> list[dict[str, Any]]:
+    """The ``zip:`` block as rows: {a: [1, 2], b: [x, y]} -> [{a: 1, b: x}, {a: 2, b: y}]."""
+    block = _mapping(value, f"{source}: zip")
+    if not block:
+        return [{}]
+    lists = {k: _value_list(k, v, f"{source}: zip") for k, v in block.items()}
+    lengths = {k: len(v) for k, v in lists.items()}
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"{k}={n}" for k, n in lengths.items())
+        raise ConfigError(f"{source}: zip lists must have equal lengths, got {shown}")
+    keys = list(lists)
+    return [dict(zip(keys, row)) for row in zip(*lists.values())]
+
+
+def _seeds(value: Any, source: str) -> list[int] | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ConfigError(f"{source}: seeds must be >= 1 (a count) or a list, got {value}")
+        return list(range(value))
+    if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value):
+        if len(set(value)) != len(value):
+            raise ConfigError(f"{source}: seeds list has duplicates: {value}")
+        return list(value)
+    raise ConfigError(f"{source}: seeds must be a count (int >= 1) or a non-empty list of ints, got {value!r}")
+
+
+def _check_keys(base: dict, blocks: list[dict], zipped: list[dict], seeds: list[int] | None,
+                source: str) -> None:
+    """Every key is a RunConfig field; no key is set by two of grid, zip and seeds."""
+    fields = run_config_fields()
+    _reject_unknown(base, fields, f"{source}: unknown config key(s) in base")
+    for block in blocks:
+        _reject_unknown(block, fields, f"{source}: unknown config key(s) in grid")
+    zip_keys = set(zipped[0])
+    _reject_unknown(zipped[0], fields, f"{source}: unknown config key(s) in zip")
+    for block in blocks:
+        both = sorted(zip_keys & set(block))
+        if both:
+            raise ConfigError(f"{source}: key(s) {', '.join(both)} appear in both grid and zip")
+    if seeds is not None:
+        where = [w for w, keys in (("base", base), ("grid", set().union(*blocks)), ("zip", zip_keys))
+                 if SEED_KEY in keys]
+        if where:
+            raise ConfigError(f"{source}: 'seeds' conflicts with the 'seed' key in {where[0]}")
+
+
+def _slurm_spec(value: Any, source: str) -> SlurmSpec:
+    block = _mapping(value, f"{source}: slurm")
+    names = [f.name for f in dataclasses.fields(SlurmSpec)]
+    _reject_unknown(block, names, f"{source}: unknown slurm key(s)")
+    if block.get("additional") is None:
+        block.pop("additional", None)
+    return from_dict(SlurmSpec, block, where=f"{source} slurm")
+
+
+def _check_spec_types(spec: SlurmSpec) -> None:
+    from hpcdd.config import _check_types  # one type checker for every config dataclass
+
+    try:
+        _check_types(spec)
+    except ConfigError as e:
+        raise ConfigError(f"slurm {e}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# expansion
+
+
+def _points(blocks: list[dict[str, list]], zipped: list[dict], seeds: list[int] | None):
+    """Yield every point (a dict of varying values) in the documented order."""
+    for block in blocks:
+        keys = list(block)
+        for values in itertools.product(*(block[k] for k in keys)):
+            for row in zipped:
+                for seed in seeds if seeds is not None else [None]:
+                    point = {**dict(zip(keys, values)), **row}
+                    if seed is not None:
+                        point[SEED_KEY] = seed
+                    yield point
+
+
+def _axes(blocks: list[dict], zipped: list[dict], seeds: list[int] | None) -> tuple[str, ...]:
+    axes: list[str] = []
+    for key in [k for b in blocks for k in b] + list(zipped[0]) + ([SEED_KEY] if seeds else []):
+        if key not in axes:
+            axes.append(key)
+    return tuple(axes)
+
+
+def _describe(point: dict) -> str:
+    return "{" + ", ".join(f"{k}: {v!r}" for k, v in point.items()) + "}"
+
+
+def _resolve_points(base: dict, points: list[dict], source: str) -> list[SweepRun]:
+    runs: list[SweepRun] = []
+    seen: dict[str, int] = {}
+    for i, point in enumerate(points):
+        where = f"{source}: grid point {i} {_describe(point)}"
+        try:
+            cfg = resolve(from_dict(RunConfig, {**base, **point}, where=where))
+        except ConfigError as e:
+            msg = str(e)
+            raise ConfigError(msg if msg.startswith(source) else f"{where}: {msg}") from None
+        rid = run_id(cfg)
+        if rid in seen:
+            j = seen[rid]
+            raise ConfigError(
+                f"{source}: grid points {j} {_describe(runs[j].point)} and {i} {_describe(point)} "
+                f"resolve to the same run {rid}; remove one of them"
+            )
+        seen[rid] = i
+        runs.append(SweepRun(index=i, run_id=rid, config=cfg, point=point))
+    return runs
+
+
+def point_values(run: SweepRun, axes: tuple[str, ...]) -> dict[str, Any]:
+    """The run's resolved value of each axis (lists shown comma-joined), for tables."""
+    resolved = to_dict(run.config)
+    out = {}
+    for key in axes:
+        value = resolved[key]
+        out[key] = ",".join(map(str, value)) if isinstance(value, list) else value
+    return out
+
+
+__all__ = ["SlurmSpec", "Sweep", "SweepRun", "load_grid", "expand_grid", "point_values", "TOP_LEVEL_KEYS"]

@@ -1,0 +1,308 @@
+"""Sweeps on the REAL local Slurm cluster (slurm/start.sh via tests/slurm_fixture.py); no mocks.
+
+* an 8-run grid goes out as job arrays split at the cluster's MaxArraySize and completes;
+* relaunching a finished grid submits nothing; ``retry`` resubmits exactly the incomplete run;
+* queued runs are not resubmitted, and ``--cancel-dropped`` cancels the dropped ones;
+* every task of a 4-task array is preempted mid-distillation (``scancel --signal=USR2`` or
+  ``scontrol requeue``), resumes from a checkpoint, and ends bit-identical to an uninterrupted run;
+* bad grids raise ConfigError and submit nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from hpcdd.config import ExecConfig, from_dict, RunConfig
+from hpcdd.errors import ConfigError
+from hpcdd.io import read_jsonl
+from hpcdd.run import run_one
+from hpcdd.sweep.commands import register
+from hpcdd.sweep.grid import load_grid
+from hpcdd.sweep.launch import execute, make_executor, plan_launch, wait_for
+from hpcdd.sweep.scheduler import max_array_size
+
+from slurm_fixture import SlurmClusterError, ensure_cluster
+
+pytestmark = pytest.mark.slurm
+
+TINY = {"dataset": "digits", "method": "dm", "ipc": 1, "iterations": 6, "batch_real": 16, "net": "mlp",
+        "eval_epochs": 2, "eval_n": 1}
+QUIET = {"checkpoint_every": 5, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def slurm_env():
+    try:
+        env = ensure_cluster()
+    except SlurmClusterError as e:
+        pytest.fail(str(e), pytrace=False)
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)  # submitit, sinfo, squeue, sacct read os.environ
+        # Jobs inherit this environment. One torch thread per task: several 2-thread processes
+        # spin-waiting on 2 cores run ~40x slower. (Results depend on the thread count, so the
+        # in-process reference runs below use one thread too.)
+        mp.setenv("OMP_NUM_THREADS", "1")
+        yield env
+
+
+def sh(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+
+
+def cli(*argv: str) -> int:
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers()
+    register(sub)
+    args = p.parse_args(["sweep", *argv])
+    return args.func(args)
+
+
+def write_grid(path: Path, data: dict) -> str:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+def jobs_named(name: str) -> list[str]:
+    return sh("squeue", "-h", "-r", "-n", f"hpcdd-{name}", "-o", "%i").stdout.split()
+
+
+def wait_until(pred, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}\nsqueue:\n{sh('squeue').stdout}",
+                        pytrace=False)
+        time.sleep(0.5)
+
+
+def job_ids(runs: Path, run_ids: list[str]) -> dict[str, str]:
+    return {rid: json.loads((runs / rid / "job.json").read_text())["job_id"] for rid in run_ids}
+
+
+# ----------------------------------------------------------------------------------------------
+# an 8-run array, chunked at MaxArraySize, then relaunch / retry
+
+
+@pytest.fixture(scope="module")
+def finished(slurm_env, tmp_path_factory):
+    """8 tiny runs launched with MaxArraySize 5 (so: arrays of 5 + 3 tasks), waited for."""
+    root = tmp_path_factory.mktemp("slurm-sweep")
+    grid = write_grid(root / "grid.yaml", {
+        "name": "sl-array", "base": TINY, "grid": {"method": ["dm", "random"]}, "seeds": 4,
+        "exec": QUIET, "slurm": {"time_min": 20, "array_parallelism": 4, "partition": "debug"}})
+    runs = root / "runs"
+    t0 = time.perf_counter()
+    try:
+        ensure_cluster(max_array_size=5)
+        assert max_array_size() == 5
+        assert cli("launch", grid, "--out", str(runs), "--wait", "--poll-s", "1", "--wait-timeout", "180") == 0
+    finally:
+        ensure_cluster()  # back to the default MaxArraySize
+    print(f"8-run array sweep: {time.perf_counter() - t0:.1f}s")
+    wait_until(lambda: not jobs_named("sl-array"), 60, "the finished tasks to leave squeue")
+    return grid, runs, load_grid(grid)
+
+
+def test_grid_runs_as_chunked_arrays_and_status_reports_done(finished, capsys):
+    grid, runs, sweep = finished
+    ids = job_ids(runs, sweep.run_ids())
+    arrays: dict[str, list[int]] = {}
+    for jid in ids.values():
+        array, _, task = jid.partition("_")
+        arrays.setdefault(array, []).append(int(task))
+    assert sorted(sorted(t) for t in arrays.values()) == [[0, 1, 2], [0, 1, 2, 3, 4]]
+    scripts = sorted((runs / ".submitit" / a / f"{a}_submission.sh").read_text() for a in arrays)
+    flags = sorted(line.split("=", 1)[1] for text in scripts for line in text.splitlines()
+                   if line.startswith("#SBATCH --array="))
+    assert flags == ["0-2%3", "0-4%4"]  # array_parallelism 4 per array
+    assert all((runs / rid / "done").exists() for rid in sweep.run_ids())
+    capsys.readouterr()
+    assert cli("status", grid, "--out", str(runs)) == 0
+    out = capsys.readouterr().out
+    assert "sweep sl-array: 8 done" in out
+    for rid, jid in ids.items():
+        row = next(line for line in out.splitlines() if line.startswith(rid))
+        assert " done " in row and jid in row and "done: dc2 acc" in row
+
+
+def test_relaunch_submits_nothing_and_retry_submits_exactly_one(finished, capsys):
+    grid, runs, sweep = finished
+    before = job_ids(runs, sweep.run_ids())
+    capsys.readouterr()
+    assert cli("launch", grid, "--out", str(runs)) == 0
+    assert "submitted 0 run(s)" in capsys.readouterr().out
+    assert job_ids(runs, sweep.run_ids()) == before and jobs_named("sl-array") == []
+
+    rid = sweep.run_ids()[0]
+    (runs / rid / "done").unlink()
+    assert cli("launch", grid, "--out", str(runs)) == 0  # without --retry: left alone
+    out = capsys.readouterr().out
+    assert "submitted 0 run(s)" in out and "1 failed run(s) skipped" in out
+    assert cli("retry", grid, "--out", str(runs)) == 0
+    assert "submitted 1 run(s)" in capsys.readouterr().out
+    after = job_ids(runs, sweep.run_ids())
+    assert [r for r in after if after[r] != before[r]] == [rid]
+    states = wait_for(runs, [rid], poll_s=1, timeout_s=90)
+    assert states[rid].state == "done"
+
+
+def test_queued_runs_are_not_resubmitted_and_dropped_ones_are_cancelled(slurm_env, tmp_path, capsys):
+    """Runs held back by --begin stay PENDING: a relaunch skips them; shrinking the grid and
+    passing --cancel-dropped scancels exactly the dropped ones."""
+    data = {"name": "sl-drop", "base": {**TINY, "method": "random"}, "seeds": 3, "exec": QUIET,
+            "slurm": {"time_min": 20, "additional": {"begin": "now+1hour"}}}
+    grid, runs = write_grid(tmp_path / "grid.yaml", data), tmp_path / "runs"
+    try:
+        assert cli("launch", grid, "--out", str(runs)) == 0
+        ids = job_ids(runs, load_grid(grid).run_ids())
+        assert sorted(jobs_named("sl-drop")) == sorted(ids.values())
+        capsys.readouterr()
+        assert cli("launch", grid, "--out", str(runs)) == 0
+        out = capsys.readouterr().out
+        assert "3 runs (3 pending)" in out and "submitted 0 run(s)" in out
+
+        small = write_grid(tmp_path / "grid.yaml", {**data, "seeds": [0]})
+        kept = load_grid(small).run_ids()
+        assert cli("launch", small, "--out", str(runs)) == 0
+        assert "2 run(s) dropped from the grid are still queued" in capsys.readouterr().out
+        assert cli("launch", small, "--out", str(runs), "--cancel-dropped") == 0
+        assert "cancelled 2 queued job(s)" in capsys.readouterr().out
+        assert jobs_named("sl-drop") == [ids[kept[0]]]
+    finally:
+        sh("scancel", "-n", "hpcdd-sl-drop")
+
+
+# ----------------------------------------------------------------------------------------------
+# preemption: USR2 (submitit's checkpoint + requeue) and scontrol requeue (killed, resumes)
+
+
+CKPT_EVERY = 25
+PREEMPT = {
+    "name": "sl-preempt",
+    "base": {**TINY, "batch_real": 4},
+    # ~6-15 ms per iteration. USR2 stops at the next step, so 300 iterations suffice; a requeued
+    # task keeps running for up to KillWait (~5-7 s) after SIGTERM (submitit ignores SIGTERM), so
+    # those runs must outlast that by far.
+    "zip": {"seed": [0, 1, 2, 3], "iterations": [300, 300, 2000, 2000]},
+    "exec": {"checkpoint_every": CKPT_EVERY, "progress": False},
+    "slurm": {"time_min": 20, "array_parallelism": 4},  # > 10 min: USR2 counts as preemption
+}
+HOW = ["usr2", "usr2", "requeue", "requeue"]
+
+
+def _last_it(run_dir: Path) -> int:
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r]
+    return int(rows[-1]["it"]) if rows else -1
+
+
+def _preempt_each_once(runs: Path, ids: dict[str, str], how: dict[str, str], timeout: float) -> dict[str, int]:
+    """Signal each task once while it is mid-distillation (a periodic checkpoint exists)."""
+    hit: dict[str, int] = {}
+    deadline = time.monotonic() + timeout
+    while len(hit) < len(ids):
+        for rid, jid in ids.items():
+            it = _last_it(runs / rid)
+            if rid not in hit and CKPT_EVERY < it <= 8 * CKPT_EVERY:  # a checkpoint exists
+                cmd = ["scancel", "--signal=USR2", jid] if how[rid] == "usr2" else ["scontrol", "requeue", jid]
+                proc = sh(*cmd)
+                assert proc.returncode == 0, f"{' '.join(cmd)}: {proc.stderr}"
+                hit[rid] = it
+        if time.monotonic() > deadline:
+            progress = {rid: _last_it(runs / rid) for rid in ids}
+            pytest.fail(f"could not catch every task mid-run within {timeout}s: signalled {hit}, "
+                        f"iterations now {progress}\nsqueue:\n{sh('squeue').stdout}", pytrace=False)
+        time.sleep(0.02)
+    return hit
+
+
+def _references(sweep, root: Path, out: dict) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the jobs (OMP_NUM_THREADS=1)
+    try:
+        for run in sweep.runs:  # uninterrupted, in this process
+            run_one(run.config, root / run.run_id, ExecConfig(progress=False), evaluate=False)
+            out[run.run_id] = torch.load(root / run.run_id / "synset.pt", weights_only=True)["images"]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_every_task_preempted_mid_run_resumes_bit_identical(slurm_env, tmp_path):
+    grid, runs = write_grid(tmp_path / "grid.yaml", PREEMPT), tmp_path / "runs"
+    sweep = load_grid(grid)
+    how = dict(zip(sweep.run_ids(), HOW))
+    t0 = time.perf_counter()
+    report = execute(plan_launch(sweep, runs, "slurm"))
+    assert len(report.submitted) == 4 and len({j.split("_")[0] for j in report.job_ids.values()}) == 1
+    refs: dict = {}
+    ref_thread = threading.Thread(target=_references, args=(sweep, tmp_path / "ref", refs))
+    ref_thread.start()  # overlaps the cluster's start-up and requeue delays
+    hit = _preempt_each_once(runs, report.job_ids, how, timeout=90)
+    states = wait_for(runs, sweep.run_ids(), poll_s=1, timeout_s=180)
+    ref_thread.join(timeout=180)
+    print(f"preemption test: signalled at {hit}; {time.perf_counter() - t0:.1f}s")
+    assert {s.state for s in states.values()} == {"done"}, states
+    for rid, jid in report.job_ids.items():
+        log = (runs / rid / "log.txt").read_text()
+        resumed = [int(l.rsplit(" ", 1)[1]) for l in log.splitlines() if "resumed at iteration" in l]
+        assert resumed and min(resumed) > 0, f"{rid} ({how[rid]}) did not resume from a checkpoint:\n{log}"
+        if how[rid] == "usr2":
+            assert "submitit requeues this run" in log
+            out = (runs / ".submitit" / jid / f"{jid}_0_log.out").read_text()
+            assert "this job is preempted" in out and "timed-out" not in out
+        else:
+            assert all(n % CKPT_EVERY == 0 for n in resumed)  # a periodic checkpoint: it was killed
+        final = torch.load(runs / rid / "synset.pt", weights_only=True)["images"]
+        assert torch.equal(final, refs[rid]), f"{rid} ({how[rid]}) differs from the uninterrupted run"
+
+
+def test_grid_resources_reach_sbatch(slurm_env, tmp_path):
+    grid = write_grid(tmp_path / "grid.yaml", {
+        "name": "sl-res", "base": TINY, "slurm": {
+            "partition": "cpu", "cpus_per_task": 2, "mem_gb": 1, "time_min": 45, "array_parallelism": 3,
+            "max_timeouts": 5, "signal_delay_s": 60, "qos": None, "additional": {"begin": "now+1hour"}}})
+    executor = make_executor("slurm", tmp_path / "runs", load_grid(grid))
+    assert executor._executor.max_num_timeout == 5  # timeouts requeue up to max_timeouts
+    params = executor._executor.parameters
+    assert params["partition"] == "cpu" and params["cpus_per_task"] == 2 and params["mem"] == "1GB"
+    assert params["time"] == 45 and params["array_parallelism"] == 3 and params["signal_delay_s"] == 60
+    assert params["additional_parameters"] == {"begin": "now+1hour"} and params["job_name"] == "hpcdd-sl-res"
+    assert "qos" not in params
+
+
+# ----------------------------------------------------------------------------------------------
+# bad grids: ConfigError, nothing submitted
+
+
+BAD = {
+    "unknown-key": ({"grid": {"ipc": [1]}, "sed": 1}, "unknown top-level key"),
+    "unknown-slurm-key": ({"slurm": {"partiton": "debug"}}, "unknown slurm key"),
+    "unknown-config-key": ({"grid": {"ipcs": [1, 2]}}, "unknown config key"),
+    "empty-product": ({"grid": {"ipc": [1, 2], "seed": []}}, "empty list"),
+    "type-error": ({"grid": {"ipc": [1, "two"]}}, "must be int"),
+    "duplicate": ({"grid": {"seed": [0, 1, 0]}}, "resolve to the same run"),
+    "zip-lengths": ({"zip": {"seed": [0, 1], "ipc": [1]}}, "equal lengths"),
+    "unknown-partition": ({"grid": {"ipc": [1]}, "slurm": {"partition": "gpu"}},
+                          "unknown Slurm partition 'gpu'; this cluster has: cpu, debug"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_grid_submits_nothing(slurm_env, tmp_path, case):
+    extra, pattern = BAD[case]
+    name = f"sl-bad-{case}"
+    grid = write_grid(tmp_path / "grid.yaml", {"name": name, "base": TINY, "exec": QUIET, **extra})
+    with pytest.raises(ConfigError, match=pattern) as e:
+        cli("launch", grid, "--out", str(tmp_path / "runs"))
+    assert "\n" not in str(e.value)
+    assert not list(tmp_path.glob("runs/*/job.json")) and not (tmp_path / "runs").exists()
+    assert jobs_named(name) == []
