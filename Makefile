@@ -1,5 +1,5 @@
 # hpcdd: two commands do all the set-up on a fresh machine:
-#   make demo   venv + install + Fashion-MNIST + a small real sweep -> results/quickstart.{csv,md}
+#   make demo   venv + install + Fashion-MNIST + a small real sweep -> results/demo.{csv,md}
 #   make test   venv + install + the test suite (starts a local Slurm cluster for the sweep tests)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 # Without root/apt, Fashion-MNIST is downloaded by torchvision into data/ and read from there.
 DATA_ROOT ?= $(shell [ -f $(FMNIST)/train-images-idx3-ubyte.gz ] || [ "$$(id -u)" = 0 ] || echo data)
 
-.PHONY: setup data demo test bench clean-demo
+.PHONY: setup data demo test bench results-fmnist
 
 setup: $(VENV)/.installed
 
@@ -28,10 +28,17 @@ data: setup
 	  echo "Fashion-MNIST: downloaded into data/"; fi
 
 demo: data
-	$(BIN)/hpcdd sweep launch launch/quickstart.yaml --out runs/quickstart --cluster local $(if $(DATA_ROOT),--data-root $(DATA_ROOT))
-	$(BIN)/hpcdd aggregate runs/quickstart -o results/quickstart.csv
-	$(BIN)/hpcdd table results/quickstart.csv --rows method --cols ipc -o results/quickstart.md
-	@cat results/quickstart.md
+	$(BIN)/hpcdd sweep launch launch/demo.yaml --out runs/demo --cluster local $(if $(DATA_ROOT),--data-root $(DATA_ROOT))
+	$(BIN)/hpcdd aggregate runs/demo -o results/demo.csv
+	$(BIN)/hpcdd table results/demo.csv --rows method --cols dataset,ipc -o results/demo.md
+	@cat results/demo.md
+
+# The committed Fashion-MNIST comparison (results/fmnist_ipc10.*): DM vs random at IPC 10.
+results-fmnist: data
+	$(BIN)/hpcdd distill --method random --dataset fashionmnist --ipc 10 --iterations 200 --eval-epochs 300 --eval-n 3 --no-progress --out runs/fmnist-ipc10/random
+	$(BIN)/hpcdd distill --method dm --dataset fashionmnist --ipc 10 --iterations 200 --eval-epochs 300 --eval-n 3 --no-progress --out runs/fmnist-ipc10/dm
+	$(BIN)/hpcdd aggregate runs/fmnist-ipc10 -o results/fmnist_ipc10.csv
+	$(BIN)/hpcdd table results/fmnist_ipc10.csv --rows method --cols dataset,ipc --with-published -o results/fmnist_ipc10.md
 
 test: data
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc

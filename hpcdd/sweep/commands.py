@@ -8,6 +8,7 @@ CLI prints as one line with exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -49,6 +50,8 @@ def plan_summary(plan: Plan) -> list[str]:
 
 def cmd_launch(args: argparse.Namespace) -> int:
     sweep = load_grid(args.grid)
+    if args.data_root is not None:  # where the data is on this machine: not part of identity
+        sweep = dataclasses.replace(sweep, exec=dataclasses.replace(sweep.exec, data_root=args.data_root))
     runs_dir = Path(args.out)
     plan = plan_launch(sweep, runs_dir, args.cluster, retry=args.retry, dry_run=args.dry_run)
     if args.dry_run:
@@ -104,6 +107,8 @@ def _launch_flags(p: argparse.ArgumentParser, retry_flag: bool) -> None:
     p.add_argument("--cancel-dropped", action="store_true",
                    help="scancel queued jobs of runs that this sweep launched before "
                    "but the grid no longer holds")
+    p.add_argument("--data-root", default=None,
+                   help="dataset directory for every run (overrides the grid's exec.data_root)")
     p.add_argument("--wait", action="store_true", help="slurm: wait until every run is done or failed")
     p.add_argument("--poll-s", type=float, default=10.0, help="seconds between scheduler polls with --wait")
     p.add_argument("--wait-timeout", type=float, default=None, help="give up --wait after this many seconds")
