@@ -169,6 +169,7 @@ def run_one(
         if exec_cfg.threads is not None:
             torch.set_num_threads(exec_cfg.threads)
         accelerator = make_accelerator(exec_cfg.deterministic)
+        prov = provenance(accelerator.device)  # the code that runs: taken now, not at the end
         data = load_dataset(cfg.dataset, root=exec_cfg.data_root, download=exec_cfg.download,
                             im_size=cfg.im_size)
         for name in {cfg.net, *cfg.eval_models}:  # fail on a net/image-size mismatch up front
@@ -177,7 +178,7 @@ def run_one(
         if not evaluate:
             return None
         return _evaluate_and_record(cfg, run_dir, syn, data, accelerator.device, seconds, exec_cfg,
-                                    should_stop)
+                                    prov, should_stop)
 
 
 def _distill(cfg, run_dir, data, accelerator, exec_cfg, should_stop) -> tuple[SyntheticSet, float]:
@@ -267,7 +268,7 @@ def _quick_eval(cfg, run_dir, syn, data, device, it: int) -> None:
         {"it": it, "eval_acc": res[model]["acc_mean"], "eval_model": model, "eval_epochs": 100}))
 
 
-def _evaluate_and_record(cfg, run_dir, syn, data, device, distill_seconds, exec_cfg,
+def _evaluate_and_record(cfg, run_dir, syn, data, device, distill_seconds, exec_cfg, prov,
                          should_stop=None) -> dict[str, Any]:
     rid = run_id(cfg)
     t0 = time.perf_counter()
@@ -277,7 +278,7 @@ def _evaluate_and_record(cfg, run_dir, syn, data, device, distill_seconds, exec_
         "run_id": rid, "protocol": cfg.protocol, **to_dict(cfg), **flat_metrics(per_arch),
         "distill_seconds": round(distill_seconds, 3), "eval_seconds": round(time.perf_counter() - t0, 3),
         "peak_rss_mb": round(peak_memory_mb(device), 1), "iterations_done": cfg.iterations,
-        **provenance(device), "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **prov, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     atomic_write_json(run_dir / "result.json", row)
     atomic_write_text(run_dir / "done", rid + "\n")
@@ -297,7 +298,8 @@ def evaluate_run(run_dir: str | Path, exec_cfg: ExecConfig = ExecConfig()) -> di
     tune_malloc()
     with run_dir_lock(run_dir):
         accelerator = make_accelerator(exec_cfg.deterministic)
+        prov = provenance(accelerator.device)
         data = load_dataset(cfg.dataset, root=exec_cfg.data_root, download=exec_cfg.download,
                             im_size=cfg.im_size)
         return _evaluate_and_record(cfg, run_dir, syn, data, accelerator.device,
-                                    float(state.get("distill_seconds", 0.0)), exec_cfg)
+                                    float(state.get("distill_seconds", 0.0)), exec_cfg, prov)
