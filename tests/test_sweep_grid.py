@@ -250,3 +250,10 @@ def test_tables_show_axes_states_and_errors():
     assert state_counts(states) == "1 done, 1 failed"
     plan = plan_table(s, states, {a: "skip (done)", b: "submit"})
     assert plan.splitlines()[0].split() == ["run_id", "ipc", "state", "action"]
+
+
+@pytest.mark.parametrize("slurm", [{"partition": "gpu\n#SBATCH --x"}, {"qos": "a b"},
+                                   {"additional": {"constraint": "a100\nrm -rf /"}}, {"account": ""}])
+def test_slurm_strings_cannot_inject_sbatch_lines(slurm):
+    with pytest.raises(ConfigError, match="one word"):
+        expand_grid(grid(slurm=slurm))

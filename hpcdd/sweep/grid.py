@@ -80,6 +80,13 @@ class SlurmSpec:
                 raise ConfigError(
                     f"slurm additional must map option names to scalar values, got {key!r}: {value!r}"
                 )
+        # these strings become '#SBATCH' lines of a shell script: no line breaks, no spaces
+        texts = {"partition": self.partition, "qos": self.qos, "account": self.account,
+                 **{f"additional.{k}": v for k, v in self.additional.items()},
+                 **{f"additional key {k!r}": k for k in self.additional}}
+        for where, text in texts.items():
+            if isinstance(text, str) and (not text.strip() or any(ch.isspace() for ch in text)):
+                raise ConfigError(f"slurm {where} must be one word without spaces or line breaks, got {text!r}")
 
 
 @dataclass(frozen=True)
