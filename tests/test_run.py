@@ -10,11 +10,7 @@ from hpcdd.errors import CheckpointError, NonFiniteLossError, RunDirError
 from hpcdd.run import Interrupted, evaluate_run, run_one
 from hpcdd.runtime.checkpoint import checkpoint_files
 
-from helpers import QUIET, tiny
-
-
-def synset(run_dir):
-    return torch.load(run_dir / "synset.pt", weights_only=True)
+from helpers import QUIET, synset, tiny
 
 
 def stop_after(n):

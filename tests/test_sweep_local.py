@@ -4,7 +4,6 @@ called after the checkpoint)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -13,18 +12,18 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from hpcdd.config import ExecConfig, RunConfig, from_dict, to_dict
 from hpcdd.errors import ConfigError
 from hpcdd.run import run_one
-from hpcdd.sweep.commands import register
 from hpcdd.sweep.grid import load_grid
 from hpcdd.sweep import job as job_module
 from hpcdd.runtime.preempt import StopFlag
 from hpcdd.sweep.job import SweepJob
 from hpcdd.sweep.launch import execute, plan_launch
 from hpcdd.sweep.state import JobRecord, collect_states, write_job
+
+from helpers import sweep_cli, synset, write_grid
 
 TINY = {"dataset": "digits", "ipc": 1, "iterations": 6, "batch_real": 16, "net": "mlp",
         "eval_epochs": 2, "eval_n": 1}
@@ -43,23 +42,6 @@ def one_thread():
         mp.setenv("OMP_NUM_THREADS", "1")
         yield
     torch.set_num_threads(threads)
-
-
-def write_grid(path: Path, data: dict) -> str:
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return str(path)
-
-
-def cli(*argv: str) -> int:
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers()
-    register(sub)
-    args = p.parse_args(["sweep", *argv])
-    return args.func(args)
-
-
-def synset(run_dir: Path) -> dict:
-    return torch.load(run_dir / "synset.pt", weights_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +77,7 @@ def test_local_and_debug_give_identical_results(both):
 def test_relaunch_of_finished_grid_submits_nothing(both, capsys):
     grid, local, debug, sweep = both
     before = {rid: (debug / rid / "job.json").read_text() for rid in sweep.run_ids()}
-    assert cli("launch", grid, "--out", str(debug), "--cluster", "debug") == 0
+    assert sweep_cli("launch", grid, "--out", str(debug), "--cluster", "debug") == 0
     out = capsys.readouterr().out
     assert "4 runs (4 done)" in out and "nothing to submit" in out and "submitted 0 run(s)" in out
     assert before == {rid: (debug / rid / "job.json").read_text() for rid in sweep.run_ids()}
@@ -104,7 +86,7 @@ def test_relaunch_of_finished_grid_submits_nothing(both, capsys):
 def test_status_table_without_any_scheduler(both, capsys, monkeypatch):
     grid, local, debug, sweep = both
     monkeypatch.setenv("PATH", "/nonexistent")  # no squeue/sacct: nothing of this sweep needs them
-    assert cli("status", grid, "--out", str(local)) == 0
+    assert sweep_cli("status", grid, "--out", str(local)) == 0
     out = capsys.readouterr().out
     assert out.count(" done ") == 4 and "sweep localtest: 4 done" in out
     assert "done: dc2 acc" in out  # the last line of each log.txt
@@ -116,10 +98,10 @@ def test_retry_resubmits_exactly_the_incomplete_run(both, capsys):
     images = synset(debug / rid)["images"]
     (debug / rid / "done").unlink()
     assert collect_states(debug, [rid])[rid].state == "failed"
-    assert cli("launch", grid, "--out", str(debug), "--cluster", "debug") == 0
+    assert sweep_cli("launch", grid, "--out", str(debug), "--cluster", "debug") == 0
     out = capsys.readouterr().out
     assert "submitted 0 run(s)" in out and "1 failed run(s) skipped" in out
-    assert cli("retry", grid, "--out", str(debug), "--cluster", "debug") == 0
+    assert sweep_cli("retry", grid, "--out", str(debug), "--cluster", "debug") == 0
     assert "submitted 1 run(s)" in capsys.readouterr().out
     assert (debug / rid / "done").exists() and torch.equal(synset(debug / rid)["images"], images)
 
@@ -127,7 +109,7 @@ def test_retry_resubmits_exactly_the_incomplete_run(both, capsys):
 def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path, capsys):
     grid = write_grid(tmp_path / "grid.yaml", GRID)
     out_dir = tmp_path / "runs"
-    assert cli("launch", grid, "--out", str(out_dir), "--cluster", "local", "--dry-run") == 0
+    assert sweep_cli("launch", grid, "--out", str(out_dir), "--cluster", "local", "--dry-run") == 0
     out = capsys.readouterr().out
     assert not out_dir.exists()
     assert out.count("not launched  submit") == 4 and "method" in out and "seed" in out
@@ -137,7 +119,7 @@ def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path, capsys):
 def test_bad_grid_is_a_config_error_and_nothing_runs(tmp_path):
     grid = write_grid(tmp_path / "grid.yaml", {**GRID, "grid": {"method": ["dm", "random"], "ipcs": [1]}})
     with pytest.raises(ConfigError, match="unknown config key.*ipcs"):
-        cli("launch", grid, "--out", str(tmp_path / "runs"), "--cluster", "local")
+        sweep_cli("launch", grid, "--out", str(tmp_path / "runs"), "--cluster", "local")
     assert not (tmp_path / "runs").exists()
 
 
@@ -145,9 +127,9 @@ def test_slurm_without_slurm_clients_is_a_clean_error(tmp_path, capsys, monkeypa
     grid = write_grid(tmp_path / "grid.yaml", GRID)
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(ConfigError, match="sinfo is not on PATH"):
-        cli("launch", grid, "--out", str(tmp_path / "runs"))
+        sweep_cli("launch", grid, "--out", str(tmp_path / "runs"))
     assert not (tmp_path / "runs").exists()
-    assert cli("launch", grid, "--out", str(tmp_path / "runs"), "--dry-run") == 0  # a preview still works
+    assert sweep_cli("launch", grid, "--out", str(tmp_path / "runs"), "--dry-run") == 0  # a preview still works
     captured = capsys.readouterr()
     assert "submit 4 runs as 1 array(s) of 4 tasks" in captured.out and "not checked" in captured.err
     assert not (tmp_path / "runs").exists()
@@ -159,9 +141,9 @@ def test_status_of_a_slurm_run_without_squeue_is_unknown_and_not_resubmitted(tmp
     (tmp_path / "runs" / rid).mkdir(parents=True)
     write_job(tmp_path / "runs" / rid, JobRecord("123_0", "slurm", "localtest", "2026-01-01T00:00:00+00:00"))
     monkeypatch.setenv("PATH", "/nonexistent")
-    assert cli("status", grid, "--out", str(tmp_path / "runs")) == 0
+    assert sweep_cli("status", grid, "--out", str(tmp_path / "runs")) == 0
     assert "unknown (squeue unavailable)" in capsys.readouterr().out
-    assert cli("launch", grid, "--out", str(tmp_path / "runs"), "--cluster", "debug") == 0
+    assert sweep_cli("launch", grid, "--out", str(tmp_path / "runs"), "--cluster", "debug") == 0
     assert "submitted 0 run(s)" in capsys.readouterr().out
 
 
@@ -169,9 +151,9 @@ def test_failed_local_run_is_reported_with_its_error(tmp_path, capsys):
     data = {**GRID, "base": {**TINY, "dataset": "mnist"}, "grid": {"method": ["random"]}, "seeds": 1,
             "exec": {"progress": False, "data_root": str(tmp_path / "nodata")}}
     grid = write_grid(tmp_path / "grid.yaml", data)
-    assert cli("launch", grid, "--out", str(tmp_path / "runs"), "--cluster", "local") == 1
+    assert sweep_cli("launch", grid, "--out", str(tmp_path / "runs"), "--cluster", "local") == 1
     capsys.readouterr()
-    assert cli("status", grid, "--out", str(tmp_path / "runs")) == 0
+    assert sweep_cli("status", grid, "--out", str(tmp_path / "runs")) == 0
     out = capsys.readouterr().out
     assert "failed (process ended)" in out and "DataError: mnist not found" in out
 

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import threading
@@ -19,17 +18,16 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from hpcdd.config import ExecConfig, from_dict, RunConfig
+from hpcdd.config import ExecConfig
 from hpcdd.errors import ConfigError
 from hpcdd.io import read_jsonl
 from hpcdd.run import run_one
-from hpcdd.sweep.commands import register
 from hpcdd.sweep.grid import load_grid
 from hpcdd.sweep.launch import execute, make_executor, plan_launch, wait_for
 from hpcdd.sweep.scheduler import max_array_size
 
+from helpers import sweep_cli, synset, write_grid
 from slurm_fixture import SlurmClusterError, ensure_cluster
 
 pytestmark = pytest.mark.slurm
@@ -57,19 +55,6 @@ def slurm_env():
 
 def sh(*cmd: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-
-
-def cli(*argv: str) -> int:
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers()
-    register(sub)
-    args = p.parse_args(["sweep", *argv])
-    return args.func(args)
-
-
-def write_grid(path: Path, data: dict) -> str:
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return str(path)
 
 
 def jobs_named(name: str) -> list[str]:
@@ -105,7 +90,7 @@ def finished(slurm_env, tmp_path_factory):
     try:
         ensure_cluster(max_array_size=5)
         assert max_array_size() == 5
-        assert cli("launch", grid, "--out", str(runs), "--wait", "--poll-s", "1", "--wait-timeout", "180") == 0
+        assert sweep_cli("launch", grid, "--out", str(runs), "--wait", "--poll-s", "1", "--wait-timeout", "180") == 0
     finally:
         ensure_cluster()  # back to the default MaxArraySize
     print(f"8-run array sweep: {time.perf_counter() - t0:.1f}s")
@@ -127,7 +112,7 @@ def test_grid_runs_as_chunked_arrays_and_status_reports_done(finished, capsys):
     assert flags == ["0-2%3", "0-4%4"]  # array_parallelism 4 per array
     assert all((runs / rid / "done").exists() for rid in sweep.run_ids())
     capsys.readouterr()
-    assert cli("status", grid, "--out", str(runs)) == 0
+    assert sweep_cli("status", grid, "--out", str(runs)) == 0
     out = capsys.readouterr().out
     assert "sweep sl-array: 8 done" in out
     for rid, jid in ids.items():
@@ -139,16 +124,16 @@ def test_relaunch_submits_nothing_and_retry_submits_exactly_one(finished, capsys
     grid, runs, sweep = finished
     before = job_ids(runs, sweep.run_ids())
     capsys.readouterr()
-    assert cli("launch", grid, "--out", str(runs)) == 0
+    assert sweep_cli("launch", grid, "--out", str(runs)) == 0
     assert "submitted 0 run(s)" in capsys.readouterr().out
     assert job_ids(runs, sweep.run_ids()) == before and jobs_named("sl-array") == []
 
     rid = sweep.run_ids()[0]
     (runs / rid / "done").unlink()
-    assert cli("launch", grid, "--out", str(runs)) == 0  # without --retry: left alone
+    assert sweep_cli("launch", grid, "--out", str(runs)) == 0  # without --retry: left alone
     out = capsys.readouterr().out
     assert "submitted 0 run(s)" in out and "1 failed run(s) skipped" in out
-    assert cli("retry", grid, "--out", str(runs)) == 0
+    assert sweep_cli("retry", grid, "--out", str(runs)) == 0
     assert "submitted 1 run(s)" in capsys.readouterr().out
     after = job_ids(runs, sweep.run_ids())
     assert [r for r in after if after[r] != before[r]] == [rid]
@@ -163,19 +148,19 @@ def test_queued_runs_are_not_resubmitted_and_dropped_ones_are_cancelled(slurm_en
             "slurm": {"time_min": 20, "additional": {"begin": "now+1hour"}}}
     grid, runs = write_grid(tmp_path / "grid.yaml", data), tmp_path / "runs"
     try:
-        assert cli("launch", grid, "--out", str(runs)) == 0
+        assert sweep_cli("launch", grid, "--out", str(runs)) == 0
         ids = job_ids(runs, load_grid(grid).run_ids())
         assert sorted(jobs_named("sl-drop")) == sorted(ids.values())
         capsys.readouterr()
-        assert cli("launch", grid, "--out", str(runs)) == 0
+        assert sweep_cli("launch", grid, "--out", str(runs)) == 0
         out = capsys.readouterr().out
         assert "3 runs (3 pending)" in out and "submitted 0 run(s)" in out
 
         small = write_grid(tmp_path / "grid.yaml", {**data, "seeds": [0]})
         kept = load_grid(small).run_ids()
-        assert cli("launch", small, "--out", str(runs)) == 0
+        assert sweep_cli("launch", small, "--out", str(runs)) == 0
         assert "2 run(s) dropped from the grid are still queued" in capsys.readouterr().out
-        assert cli("launch", small, "--out", str(runs), "--cancel-dropped") == 0
+        assert sweep_cli("launch", small, "--out", str(runs), "--cancel-dropped") == 0
         assert "cancelled 2 queued job(s)" in capsys.readouterr().out
         assert jobs_named("sl-drop") == [ids[kept[0]]]
     finally:
@@ -231,7 +216,7 @@ def _references(sweep, root: Path, out: dict) -> None:
     try:
         for run in sweep.runs:  # uninterrupted, in this process
             run_one(run.config, root / run.run_id, ExecConfig(progress=False), evaluate=False)
-            out[run.run_id] = torch.load(root / run.run_id / "synset.pt", weights_only=True)["images"]
+            out[run.run_id] = synset(root / run.run_id)["images"]
     finally:
         torch.set_num_threads(threads)
 
@@ -261,7 +246,7 @@ def test_every_task_preempted_mid_run_resumes_bit_identical(slurm_env, tmp_path)
             assert "this job is preempted" in out and "timed-out" not in out
         else:
             assert all(n % CKPT_EVERY == 0 for n in resumed)  # a periodic checkpoint: it was killed
-        final = torch.load(runs / rid / "synset.pt", weights_only=True)["images"]
+        final = synset(runs / rid)["images"]
         assert torch.equal(final, refs[rid]), f"{rid} ({how[rid]}) differs from the uninterrupted run"
 
 
@@ -302,7 +287,7 @@ def test_bad_grid_submits_nothing(slurm_env, tmp_path, case):
     name = f"sl-bad-{case}"
     grid = write_grid(tmp_path / "grid.yaml", {"name": name, "base": TINY, "exec": QUIET, **extra})
     with pytest.raises(ConfigError, match=pattern) as e:
-        cli("launch", grid, "--out", str(tmp_path / "runs"))
+        sweep_cli("launch", grid, "--out", str(tmp_path / "runs"))
     assert "\n" not in str(e.value)
     assert not list(tmp_path.glob("runs/*/job.json")) and not (tmp_path / "runs").exists()
     assert jobs_named(name) == []
