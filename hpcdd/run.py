@@ -75,13 +75,8 @@ def is_done(run_dir: Path) -> bool:
     return (Path(run_dir) / "done").exists() and try_load_json(Path(run_dir) / "result.json") is not None
 
 
-def check_run_dir(cfg: RunConfig, run_dir: Path, overwrite: bool = False) -> None:
-    """Make sure ``run_dir`` is writable and free for ``cfg`` (resolved); writes no files.
-
-    A dir holding another hpcdd run is refused unless ``overwrite``; a non-empty dir that is not
-    an hpcdd run dir is always refused (``--overwrite`` never deletes foreign files).
-    """
-    run_dir = Path(run_dir)
+def ensure_writable(run_dir: Path) -> None:
+    """Create ``run_dir`` if needed and check that files can be written in it."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -89,19 +84,29 @@ def check_run_dir(cfg: RunConfig, run_dir: Path, overwrite: bool = False) -> Non
         probe.unlink()
     except OSError as e:
         raise RunDirError(f"cannot write to run dir {run_dir}: {e.strerror}") from None
+
+
+def check_run_dir(cfg: RunConfig, run_dir: Path, overwrite: bool = False) -> None:
+    """Make sure ``run_dir`` is writable and free for ``cfg`` (resolved); writes no files.
+
+    A dir holding another hpcdd run is refused unless ``overwrite`` (which empties it, keeping
+    only the lock file); a non-empty dir that is not an hpcdd run dir is always refused
+    (``--overwrite`` never deletes foreign files).
+    """
+    run_dir = Path(run_dir)
+    ensure_writable(run_dir)
     existing = read_config(run_dir)
     if existing is None:
         if any(not p.name.startswith(".") and p.name != "log.txt" for p in run_dir.iterdir()):
             raise RunDirError(f"{run_dir} is not empty and is not an hpcdd run dir; choose another --out")
-    elif run_id(existing) != run_id(cfg):
-        if not overwrite:
-            raise RunDirError(f"{run_dir} already holds a different run ({run_id(existing)}); "
-                              "choose another --out or pass --overwrite")
-        shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-    elif overwrite:
-        shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
+        return
+    if run_id(existing) != run_id(cfg) and not overwrite:
+        raise RunDirError(f"{run_dir} already holds a different run ({run_id(existing)}); "
+                          "choose another --out or pass --overwrite")
+    if overwrite:
+        for p in run_dir.iterdir():
+            if p.name != ".lock":
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
 def write_config(cfg: RunConfig, run_dir: Path) -> None:
@@ -161,8 +166,9 @@ def run_one(
     """
     cfg = resolve(cfg)
     run_dir = Path(run_dir)
-    check_run_dir(cfg, run_dir, overwrite)
-    with run_dir_lock(run_dir):
+    ensure_writable(run_dir)
+    with run_dir_lock(run_dir):  # before any deletion: never clear a dir another process runs in
+        check_run_dir(cfg, run_dir, overwrite)
         if is_done(run_dir):
             return try_load_json(run_dir / "result.json")
         tune_malloc()

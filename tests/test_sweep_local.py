@@ -281,3 +281,20 @@ def test_usr2_mid_distillation_checkpoints_calls_submitit_and_resumes(tmp_path, 
     assert stopped == resumed == [7]  # from the checkpoint written at the stop (not a periodic one)
     assert (run_dir / "done").exists() and 0.0 <= row["acc_mean"] <= 1.0
     assert torch.equal(synset(run_dir)["images"], synset(ref)["images"])
+
+
+@pytest.mark.parametrize("sched, expected", [("RUNNING", "running"), ("PENDING", "pending"),
+                                             ("REQUEUED", "pending"), ("TIMEOUT", "failed"),
+                                             ("CANCELLED", "failed"), ("OUT_OF_MEMORY", "failed")])
+def test_queue_states_that_ended_count_as_failed(sched, expected):
+    from hpcdd.sweep.state import _live_state
+
+    record = JobRecord("12_0", "slurm", "s", "2026-01-01T00:00:00+00:00")
+    assert _live_state(record, {"12_0": sched}, {})[0] == expected
+
+
+def test_a_reused_local_pid_is_not_a_running_run():
+    from hpcdd.sweep.state import _live_state
+
+    record = JobRecord(str(os.getpid()), "local", "s", "2026-01-01T00:00:00+00:00")  # pytest, not submitit
+    assert _live_state(record, None, {})[0] == "failed"

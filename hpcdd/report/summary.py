@@ -31,7 +31,7 @@ def result_table(row: dict[str, Any]) -> str:
 def show_run(run_dir: Path, output: str | None = None) -> str:
     """Text for ``hpcdd show``; also writes the PNG grid of the synthetic images."""
     from hpcdd.report.images import save_image_grid
-    from hpcdd.run import load_synset, read_config
+    from hpcdd.run import is_done, load_synset, read_config
 
     cfg = read_config(run_dir)
     if cfg is None:
@@ -40,8 +40,7 @@ def show_run(run_dir: Path, output: str | None = None) -> str:
     info = state.get("info") or {}
     png = Path(output) if output else run_dir / "synset.png"
     save_image_grid(state["images"], state["labels"], info.get("mean", (0.0,)), info.get("std", (1.0,)), png)
-    row = try_load_json(run_dir / "result.json")
-    head = result_table(row) if isinstance(row, dict) and (run_dir / "done").exists() else (
+    head = result_table(try_load_json(run_dir / "result.json")) if is_done(run_dir) else (
         f"run {run_dir.name}: distilled ({cfg.method}, {cfg.dataset}, ipc {cfg.ipc}) but not evaluated; "
         f"run: hpcdd evaluate {run_dir}")
     return f"{head}\nimage grid: {png}"

@@ -12,6 +12,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from hpcdd.sweep import scheduler
 from hpcdd.sweep.grid import load_grid
 from hpcdd.sweep.launch import CLUSTERS, SUBMIT, Plan, execute, plan_launch, wait_for
 from hpcdd.sweep.state import FAILED, PENDING, RUNNING, collect_states
@@ -75,7 +76,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 def _job_span(job_ids) -> str:
-    arrays = sorted({j.split("_")[0] for j in job_ids}, key=lambda s: (len(s), s))
+    arrays = scheduler.base_ids(list(job_ids))
     return ", ".join(arrays) if len(arrays) <= 4 else f"{arrays[0]} .. {arrays[-1]}"
 
 

@@ -15,14 +15,11 @@ Preemption (``scancel --signal=USR2``, or the time limit's USR2 ``signal_delay_s
 
 A plain ``scontrol requeue`` or a node failure kills the process without any handler; the requeued
 task still resumes, from the last periodic checkpoint. Handlers are restored when the job returns.
-
-The job calls ``run_one`` twice, ``evaluate=False`` with ``should_stop`` and then to evaluate, so
-it knows exactly when distillation ended (a signal arriving between the two is forwarded before
-evaluation starts). The first call is skipped when ``synset.pt`` of the run is already there.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -33,8 +30,10 @@ from hpcdd.config import ExecConfig, RunConfig, from_dict
 from hpcdd.run import log, run_one
 from hpcdd.runtime.preempt import Interrupted, StopFlag
 
-PREEMPT_SIGNAL = signal.SIGUSR2
-"""submitit's preemption/timeout signal (USR2: NCCL may catch USR1)."""
+def preempt_signal() -> signal.Signals:
+    """The signal submitit treats as preemption/timeout: SIG$SUBMITIT_PREEMPT_SIGNAL, USR2 by
+    default (USR1 may be caught by NCCL). Read the same way submitit reads it."""
+    return signal.Signals["SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")]
 
 
 class SweepJob(submitit.helpers.Checkpointable):
@@ -48,7 +47,7 @@ class SweepJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict[str, Any] | None:
         cfg = from_dict(RunConfig, self.config, where=f"{self.run_dir} job config")
         exe = from_dict(ExecConfig, self.exec_cfg, where=f"{self.run_dir} job exec")
-        with StopFlag(signals=(PREEMPT_SIGNAL,)) as flag:
+        with StopFlag(signals=(preempt_signal(),)) as flag:
             try:
                 return run_one(cfg, self.run_dir, exe, should_stop=flag)
             except Interrupted as stopped:
@@ -66,4 +65,4 @@ class SweepJob(submitit.helpers.Checkpointable):
         return f"SweepJob({Path(self.run_dir).name})"
 
 
-__all__ = ["SweepJob", "PREEMPT_SIGNAL"]
+__all__ = ["SweepJob", "preempt_signal"]

@@ -191,8 +191,10 @@ def _live_state(record: JobRecord, queue: dict[str, str] | None,
     sched = queue.get(record.job_id)
     if sched in scheduler.RUNNING:
         return RUNNING, sched
-    if sched is not None:
+    if sched in scheduler.QUEUED:
         return PENDING, sched
+    if sched is not None:  # listed, but ended (TIMEOUT, FAILED, CANCELLED, ...) without 'done'
+        return FAILED, f"{sched} without 'done'"
     acct_state = acct.get(record.job_id)
     if acct_state in scheduler.QUEUED:  # squeue forgot it but accounting has it queued
         return PENDING, acct_state
@@ -208,7 +210,9 @@ def _pid_alive(job_id: str) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")
     try:
-        return stat.read_text().split(") ", 1)[1][0] not in "ZX"
+        running = stat.read_text().split(") ", 1)[1][0] not in "ZX"
+        # a reused PID belongs to some other program: only a submitit job process counts
+        return running and b"submitit" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, IndexError):
         return False
 
