@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from hpcdd.config import ExecConfig, RunConfig, from_dict, resolve, run_id, to_dict
 from hpcdd.data import load_dataset
 from hpcdd.distill import METHODS, SyntheticSet
-from hpcdd.errors import CheckpointError, NonFiniteLossError, RunDirError
+from hpcdd.errors import CheckpointError, ConfigError, NonFiniteLossError, RunDirError
 from hpcdd.evaluate import evaluate_synset, flat_metrics
 from hpcdd.nets import build as build_net
 from hpcdd.io import (
@@ -180,6 +180,10 @@ def run_one(
                             im_size=cfg.im_size)
         for name in {cfg.net, *cfg.eval_models}:  # fail on a net/image-size mismatch up front
             build_net(name, data.info.channels, data.info.num_classes, data.info.im_size)
+        smallest = min(len(idx) for idx in data.train.class_indices)
+        if cfg.ipc > smallest:
+            raise ConfigError(f"ipc {cfg.ipc} exceeds the smallest class of {cfg.dataset} "
+                              f"({smallest} training images)")
         syn, seconds = _distill(cfg, run_dir, data, accelerator, exec_cfg, should_stop)
         if not evaluate:
             return None

@@ -134,3 +134,11 @@ def test_invalid_config_leaves_no_config_behind(tmp_path):
     with pytest.raises(ConfigError):
         run_one(tiny(net="convnet4", im_size=8), tmp_path / "r", QUIET, evaluate=False)
     assert not (tmp_path / "r" / "config.yaml").exists()
+
+
+def test_ipc_larger_than_a_class_is_refused(tmp_path):
+    from hpcdd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="exceeds the smallest class"):
+        run_one(tiny(method="kcenter", ipc=500), tmp_path / "r", QUIET, evaluate=False)
+    assert not (tmp_path / "r" / "config.yaml").exists()
