@@ -9,11 +9,17 @@ import io
 import json
 import os
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+
+
+def now_utc() -> str:
+    """The current UTC time as ISO 8601 seconds (timestamps in run files; never a seed)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -40,7 +40,7 @@ from hpcdd.evaluate import evaluate_synset, flat_metrics
 from hpcdd.nets import build as build_net
 from hpcdd.io import (
     append_line, atomic_torch_save, atomic_write_json, atomic_write_text, atomic_write_yaml,
-    read_jsonl, try_load_json, try_torch_load,
+    now_utc, read_jsonl, try_load_json, try_torch_load,
 )
 from hpcdd.runtime.accel import make_accelerator, peak_memory_mb
 from hpcdd.runtime.checkpoint import load_latest, save_checkpoint
@@ -288,7 +288,7 @@ def _evaluate_and_record(cfg, run_dir, syn, data, device, distill_seconds, exec_
         "run_id": rid, "protocol": cfg.protocol, **to_dict(cfg), **flat_metrics(per_arch),
         "distill_seconds": round(distill_seconds, 3), "eval_seconds": round(time.perf_counter() - t0, 3),
         "peak_rss_mb": round(peak_memory_mb(device), 1), "iterations_done": cfg.iterations,
-        **prov, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **prov, "finished_at": now_utc(),
     }
     atomic_write_json(run_dir / "result.json", row)
     atomic_write_text(run_dir / "done", rid + "\n")

@@ -97,9 +97,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if args.curve:
         if not all(os.path.isdir(p) for p in args.inputs):
             raise ConfigError("--curve reads metrics.jsonl from runs directories, not a CSV")
-        df, report = aggregate(args.inputs)
-        _warn(report)
-        df = filter_rows(df, args.protocol, args.where)
+        df = filter_rows(_load(args.inputs), args.protocol, args.where)
         evals, losses = plots.load_curves(df)
         fig = plots.plot_curves(df, evals, losses)
         stem = args.output or os.path.join("results", "curves")

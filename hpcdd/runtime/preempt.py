@@ -11,7 +11,7 @@ from __future__ import annotations
 import signal
 import threading
 from types import FrameType
-from typing import Any, Callable
+from typing import Any
 
 DEFAULT_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 """USR2: Slurm's --signal / scancel --signal (USR1 may be swallowed by NCCL). TERM: the kill
@@ -66,6 +66,3 @@ class StopFlag:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         self._previous.clear()
-
-
-ShouldStop = Callable[[], bool]

@@ -33,9 +33,10 @@ from hpcdd.run import prepare_run_dir
 from hpcdd.sweep import scheduler
 from hpcdd.sweep.grid import Sweep, SweepRun
 from hpcdd.sweep.job import SweepJob
+from hpcdd.io import now_utc
 from hpcdd.sweep.state import (
-    DONE, FAILED, NOT_LAUNCHED, PENDING, RUNNING, SUBMITIT_DIR, UNKNOWN, JobRecord, RunState,
-    collect_states, now_utc, read_manifest, write_job, write_manifest,
+    ACTIVE, DONE, FAILED, NOT_LAUNCHED, PENDING, SUBMITIT_DIR, UNKNOWN, JobRecord, RunState,
+    collect_states, read_manifest, write_job, write_manifest,
 )
 
 CLUSTERS = ("slurm", "local", "debug")
@@ -187,7 +188,7 @@ def execute(plan: Plan, *, cancel_dropped: bool = False,
     if cancel_dropped:
         report.cancelled = cancel_dropped_runs(plan, echo)
     still = [rid for rid, s in plan.dropped.items()
-             if s.state in (PENDING, RUNNING, UNKNOWN) and s.job_id not in report.cancelled]
+             if s.state in ACTIVE and s.job_id not in report.cancelled]
     write_manifest(plan.runs_dir, plan.sweep.name, plan.sweep.source, plan.sweep.run_ids(), still)
     if not runs:
         return report
@@ -264,14 +265,14 @@ def wait_for(runs_dir: Path, run_ids: list[str], *, poll_s: float = 10.0,
         states = collect_states(runs_dir, run_ids)
         bar.n = sum(s.state == DONE for s in states.values())
         bar.refresh()
-        settled = not any(s.state in (PENDING, RUNNING, UNKNOWN) for s in states.values())
+        settled = not any(s.state in ACTIVE for s in states.values())
         if settled and (settled_before or bar.n == len(run_ids)):
             bar.close()
             return states
         settled_before = settled
         if timeout_s is not None and time.monotonic() - t0 > timeout_s:
             bar.close()
-            busy = sum(s.state in (PENDING, RUNNING, UNKNOWN) for s in states.values())
+            busy = sum(s.state in ACTIVE for s in states.values())
             raise HpcddError(f"gave up waiting after {timeout_s:.0f}s: {busy} run(s) still pending, "
                              "running or unknown")
         time.sleep(poll_s)

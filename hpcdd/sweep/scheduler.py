@@ -40,10 +40,6 @@ def _run(args: list[str]) -> subprocess.CompletedProcess | None:
         return None
 
 
-def have_slurm() -> bool:
-    return shutil.which("sinfo") is not None and shutil.which("sbatch") is not None
-
-
 def partitions() -> list[str]:
     """Partition names from ``sinfo -h -o %R``; ``ConfigError`` if Slurm cannot be asked."""
     if shutil.which("sinfo") is None:
@@ -145,5 +141,5 @@ def cancel(job_ids: Sequence[str]) -> None:
 
 __all__ = [
     "partitions", "check_partition", "max_array_size", "queue_states", "accounting_states",
-    "cancel", "expand_task_ids", "have_slurm", "SchedulerError", "SlurmUnavailable", "QUEUED", "RUNNING",
+    "cancel", "expand_task_ids", "SchedulerError", "SlurmUnavailable", "QUEUED", "RUNNING",
 ]

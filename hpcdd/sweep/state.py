@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from hpcdd.io import atomic_write_json, try_load_json
+from hpcdd.io import atomic_write_json, now_utc, try_load_json
 from hpcdd.run import is_done
 from hpcdd.sweep import scheduler
 
@@ -28,6 +27,8 @@ DONE, RUNNING, PENDING, FAILED, NOT_LAUNCHED = "done", "running", "pending", "fa
 UNKNOWN = "unknown"
 """Submitted to Slurm, not done, and squeue cannot be asked: never resubmitted blindly."""
 STATES = (DONE, RUNNING, PENDING, FAILED, NOT_LAUNCHED, UNKNOWN)
+ACTIVE = frozenset({PENDING, RUNNING, UNKNOWN})
+"""States in which a run may still be queued or running: never resubmitted."""
 SUBMITIT_DIR = ".submitit"
 SWEEPS_DIR = ".sweeps"
 JOB_FILE = "job.json"
@@ -69,10 +70,6 @@ class RunState:
 
 # ----------------------------------------------------------------------------------------------
 # files
-
-
-def now_utc() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def write_job(run_dir: Path, record: JobRecord) -> None:
