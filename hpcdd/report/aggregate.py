@@ -16,7 +16,9 @@ so 10,000 runs aggregate in seconds (see ``bench/bench_aggregate.py``).
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -35,6 +37,11 @@ LIST_SEP = "+"
 
 REQUIRED_KEYS = ("protocol", "method", "dataset", "ipc", "seed", "acc_mean")
 """A result.json missing any of these is reported as unreadable rather than tabulated."""
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+"""A text cell starting with one of these is run as a formula by spreadsheets (CSV injection)."""
+
+_NUMBER_TEXT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
 _SKIP_SUBDIRS = frozenset({"checkpoint"})
 """Subdirs of a run dir that never hold runs (not descended into, to keep the walk fast)."""
@@ -74,7 +81,8 @@ class AggregateReport:
         if self.bad_files:
             lines = [f"  {path}: {reason}" for path, reason in self.bad_files]
             out.append(
-                f"skipped {len(self.bad_files)} unreadable result file(s):\n" + "\n".join(lines)
+                f"skipped {len(self.bad_files)} unreadable or invalid result file(s):\n"
+                + "\n".join(lines)
             )
         if self.duplicates:
             lines = [f"  {rid}: {path}" for rid, path in self.duplicates]
@@ -166,10 +174,38 @@ def load_result(run_dir: str) -> tuple[dict[str, Any] | None, str]:
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         return None, f"missing key(s): {', '.join(missing)}"
+    bad_acc = _bad_accuracy(data)
+    if bad_acc:
+        return None, bad_acc
     row = {k: flatten_value(v) for k, v in data.items()}
     row.setdefault("run_id", os.path.basename(os.path.normpath(run_dir)))
     row["run_dir"] = run_dir
     return row, ""
+
+
+def _bad_accuracy(data: dict[str, Any]) -> str:
+    """Why ``acc_mean`` or an ``acc_mean__<arch>`` is not a finite number ("" if all are)."""
+    for key in sorted(k for k in data if k == "acc_mean" or k.startswith("acc_mean__")):
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            return f"{key} is not a number (got {type(value).__name__} {shown})"
+        if not math.isfinite(value):
+            return f"{key} is {value}"
+    return ""
+
+
+def csv_safe(value: Any) -> Any:
+    """``value`` for a CSV cell that no spreadsheet runs as a formula.
+
+    Text starting with ``= + - @``, tab or CR gets a leading ``'`` (OWASP's advice for CSV
+    injection); numbers, and text that is just a number (``-0.5``), are returned unchanged.
+    """
+    if not isinstance(value, str) or not value.startswith(FORMULA_START):
+        return value
+    if _NUMBER_TEXT.fullmatch(value):
+        return value
+    return "'" + value
 
 
 def column_order(columns: Iterable[str]) -> list[str]:
@@ -246,12 +282,21 @@ def _empty_message(roots: tuple[str, ...], report: AggregateReport) -> str:
 
 
 def to_csv_text(df: pd.DataFrame) -> str:
-    """The CSV text :func:`write_csv` writes (no index column)."""
-    return df.to_csv(index=False, lineterminator="\n")
+    """The CSV text :func:`write_csv` writes (no index column; text cells made
+    :func:`csv_safe`, numbers untouched)."""
+    safe = df.rename(columns=lambda c: csv_safe(str(c)))
+    for c in safe.columns:
+        if not pd.api.types.is_numeric_dtype(safe[c]):
+            safe[c] = safe[c].map(csv_safe)
+    return safe.to_csv(index=False, lineterminator="\n")
 
 
 def write_csv(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """Write the aggregate table atomically; returns the path."""
+    """Write the aggregate table atomically; returns the path.
+
+    Raises :class:`~hpcdd.io.WriteError` (one line: path and reason) if ``path`` is a directory
+    or cannot be written.
+    """
     out = Path(path)
     atomic_write_text(out, to_csv_text(df))
     return out

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from hpcdd.errors import ConfigError
-from hpcdd.io import atomic_write_text
+from hpcdd.io import WriteError, atomic_write_text
 from hpcdd.report.aggregate import (
     AggregateReport,
     aggregate,
@@ -35,6 +35,17 @@ def _warn(report: AggregateReport | None) -> None:
     for text in report.warnings():
         print(f"hpcdd: warning: {text}", file=sys.stderr)
     print(f"hpcdd: {report.summary()}", file=sys.stderr)
+
+
+def _check_output(output: str | None) -> None:
+    """Refuse an ``-o`` that names a directory before any work is done (one line, exit 2);
+    other write failures surface from the atomic write as :class:`WriteError`."""
+    if output is None:
+        return
+    if not output.strip():
+        raise ConfigError(f"-o needs a file name, got {output!r}")
+    if output.endswith(("/", os.sep)) or os.path.isdir(output):
+        raise WriteError(f"cannot write {output}: Is a directory (-o takes a file name)")
 
 
 def _emit(text: str, output: str | None) -> None:
@@ -57,6 +68,7 @@ def _load(inputs: list[str]) -> pd.DataFrame:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
+    _check_output(args.output)
     df, report = aggregate(args.runs_dirs)
     _warn(report)
     if args.output:
@@ -73,6 +85,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     from hpcdd.report.render import render
     from hpcdd.report.tables import build_cross_arch, build_table
 
+    _check_output(args.output)
     df = _load([args.input])
     common: dict[str, Any] = dict(
         protocol=args.protocol, where=args.where, expect=args.expect, decimals=args.decimals
