@@ -3,6 +3,8 @@
 #
 #   slurm/start.sh [STATE_DIR]          # default: $HPCDD_SLURM_DIR or ~/.hpcdd-slurm
 #   eval "$(slurm/start.sh)"            # stdout is exactly one "export SLURM_CONF=..." line
+#   slurm/start.sh --print-conf [DIR]   # print the slurm.conf it would use; start nothing
+#                                       # (no root, no packages; for checks and tests)
 #
 # Idempotent: installs the Debian packages if missing, starts only the daemons
 # that are not running yet (munged, mariadbd, slurmdbd, slurmctld, slurmd, all
@@ -13,7 +15,9 @@
 # Environment knobs (read at every start; if slurm.conf changes, a running
 # slurmctld/slurmd pair is restarted to apply it):
 #   HPCDD_SLURM_MAX_ARRAY   MaxArraySize (default 1001; array indices 0..N-1)
-#   HPCDD_SLURM_CPUS        CPUs the node advertises (default 8, config_overrides)
+#   HPCDD_SLURM_CPUS        CPUs the node advertises (default: what the machine has,
+#                           from slurmd -C, else nproc); a larger value oversubscribes
+#                           the machine on purpose (explicit opt-in only)
 #   HPCDD_SLURM_GPUS        fake GPUs (gres/gpu with no device files) the node
 #                           advertises, so --gpus=1 jobs can be scheduled (default 0)
 #   HPCDD_SLURM_START_TIMEOUT  seconds to wait for readiness (default 120)
@@ -26,7 +30,13 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 
-if [ "$(id -u)" != 0 ]; then
+PRINT_CONF=0
+if [ "${1:-}" = --print-conf ]; then
+    PRINT_CONF=1
+    shift
+fi
+
+if [ "$PRINT_CONF" = 0 ] && [ "$(id -u)" != 0 ]; then
     echo "hpcdd-slurm: start.sh must run as root (the local cluster runs every daemon as root)" >&2
     exit 1
 fi
@@ -36,7 +46,7 @@ hpcdd_slurm_layout "$B"
 
 CLUSTER=hpcdd
 MAX_ARRAY="${HPCDD_SLURM_MAX_ARRAY:-1001}"
-WANT_CPUS="${HPCDD_SLURM_CPUS:-8}"
+WANT_CPUS="${HPCDD_SLURM_CPUS:-}"
 TIMEOUT="${HPCDD_SLURM_START_TIMEOUT:-120}"
 P_CTLD="${HPCDD_SLURM_PORT_BASE:-6817}"
 P_SLURMD=$((P_CTLD + 1))
@@ -128,30 +138,42 @@ install_packages() {
     log "packages installed after $((SECONDS - T0)) s"
 }
 
-if packages_missing; then
+if [ "$PRINT_CONF" = 0 ] && packages_missing; then
     install_packages
 fi
 
 # --------------------------------------------------------------------------
 # 2. configuration (regenerated every time; compared with the running one)
 # --------------------------------------------------------------------------
-[ -s "$MUNGE_KEY" ] || {
-    log "creating munge key"
-    (umask 077 && head -c 1024 /dev/urandom >"$MUNGE_KEY")
-}
-chmod 400 "$MUNGE_KEY"
+if [ "$PRINT_CONF" = 0 ]; then
+    [ -s "$MUNGE_KEY" ] || {
+        log "creating munge key"
+        (umask 077 && head -c 1024 /dev/urandom >"$MUNGE_KEY")
+    }
+    chmod 400 "$MUNGE_KEY"
 
-DBPASS_FILE="$MYSQL_DIR/slurm.pass"
-[ -s "$DBPASS_FILE" ] || (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -dc 0-9a-f >"$DBPASS_FILE")
-DBPASS="$(cat "$DBPASS_FILE")"
+    DBPASS_FILE="$MYSQL_DIR/slurm.pass"
+    [ -s "$DBPASS_FILE" ] || (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -dc 0-9a-f >"$DBPASS_FILE")
+    DBPASS="$(cat "$DBPASS_FILE")"
+fi
 
-# Hardware as slurmd sees it; advertise at least HPCDD_SLURM_CPUS CPUs.
+# Hardware as slurmd sees it. The node advertises exactly the machine's CPUs,
+# so the scheduler never runs more tasks at once than there are cores; only an
+# explicit HPCDD_SLURM_CPUS advertises another number.
 HW="$(slurmd -C 2>/dev/null | head -1)" || true
 HW_CPUS="$(sed -n 's/.*CPUs=\([0-9]*\).*/\1/p' <<<"$HW")"
 HW_MEM="$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$HW")"
 [ -n "$HW_CPUS" ] || HW_CPUS="$(nproc)"
 [ -n "$HW_MEM" ] || HW_MEM=1024
-NCPUS=$((WANT_CPUS > HW_CPUS ? WANT_CPUS : HW_CPUS))
+if [ -z "$WANT_CPUS" ]; then
+    NCPUS="$HW_CPUS"
+elif [[ "$WANT_CPUS" =~ ^[1-9][0-9]{0,4}$ ]]; then
+    NCPUS="$WANT_CPUS"
+    [ "$NCPUS" -le "$HW_CPUS" ] ||
+        log "HPCDD_SLURM_CPUS=$NCPUS: advertising more CPUs than the $HW_CPUS this machine has"
+else
+    die "HPCDD_SLURM_CPUS must be a positive whole number, got '$WANT_CPUS'"
+fi
 MEM=$((HW_MEM * 9 / 10))
 MAX_JOBS=$((MAX_ARRAY * 4 > 10000 ? MAX_ARRAY * 4 : 10000))
 
@@ -201,7 +223,9 @@ AccountingStorageHost=localhost
 AccountingStoragePort=$P_DBD
 # for auth/munge this is the munge socket; without it: "Protocol authentication error"
 AccountingStoragePass=$MUNGE_SOCK
-# advertise more CPUs than present so several array tasks run at once
+# the node line below is used as written (CPUs=$NCPUS; RealMemory 90% of the
+# machine's) instead of slurmd's own count, which would drain a node that
+# advertises more than the hardware (HPCDD_SLURM_CPUS) or a mismatched layout
 SlurmdParameters=config_overrides
 $([ "$FAKE_GPUS" -gt 0 ] && echo "GresTypes=gpu")
 NodeName=localhost NodeAddr=127.0.0.1 NodeHostname=localhost CPUs=$NCPUS RealMemory=$MEM $([ "$FAKE_GPUS" -gt 0 ] && echo "Gres=gpu:$FAKE_GPUS ")State=UNKNOWN
@@ -209,6 +233,11 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 PartitionName=cpu Nodes=localhost Default=NO MaxTime=INFINITE State=UP
 EOF
 }
+
+if [ "$PRINT_CONF" = 1 ]; then
+    write_slurm_conf
+    exit 0
+fi
 
 write_dbd_conf() {
     cat <<EOF
