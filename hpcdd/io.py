@@ -47,8 +47,18 @@ _UMASK_LOCK = threading.Lock()
 _FCHMOD_UNSUPPORTED = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL})
 
 
-class WriteError(HpcddError):
-    """A file could not be written (disk full, permission denied, read-only file system, ...)."""
+class WriteError(HpcddError, OSError):
+    """A file could not be written (disk full, permission denied, read-only file system, ...).
+
+    One line naming the path and the reason, like every :class:`HpcddError`; also an ``OSError``
+    (with the original ``errno``), so code that already tolerates ``OSError`` keeps doing so.
+    """
+
+
+def _write_error(message: str, cause: OSError) -> WriteError:
+    err = WriteError(f"{message}: {cause.strerror or cause}")
+    err.errno = cause.errno  # str(err) stays the message: strerror is left unset
+    return err
 
 
 def now_utc() -> str:
@@ -78,10 +88,6 @@ def default_file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
-def _reason(e: OSError) -> str:
-    return e.strerror or str(e)
-
-
 def _sync_dir(directory: Path) -> None:
     try:
         dir_fd = os.open(directory, os.O_RDONLY)
@@ -90,7 +96,7 @@ def _sync_dir(directory: Path) -> None:
         finally:
             os.close(dir_fd)
     except OSError as e:
-        raise WriteError(f"cannot sync directory {directory}: {_reason(e)}") from None
+        raise _write_error(f"cannot sync directory {directory}", e) from None
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -146,7 +152,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, fsync_dir: bool = True)
             except OSError:
                 pass
         if isinstance(e, OSError):
-            raise WriteError(f"cannot write {path}: {_reason(e)}") from None
+            raise _write_error(f"cannot write {path}", e) from None
         raise
     if fsync_dir:
         _sync_dir(path.parent)
@@ -202,7 +208,7 @@ def clean_stale_tmp(directory: str | Path, *, recursive: bool = False) -> list[P
         except FileNotFoundError:
             continue
         except OSError as e:
-            raise WriteError(f"cannot list {here}: {_reason(e)}") from None
+            raise _write_error(f"cannot list {here}", e) from None
         for entry in entries:
             if recursive and entry.is_dir(follow_symlinks=False):
                 stack.append(Path(entry.path))
@@ -212,8 +218,7 @@ def clean_stale_tmp(directory: str | Path, *, recursive: bool = False) -> list[P
                 except FileNotFoundError:
                     continue
                 except OSError as e:
-                    raise WriteError(f"cannot remove stale temp file {entry.path}: "
-                                     f"{_reason(e)}") from None
+                    raise _write_error(f"cannot remove stale temp file {entry.path}", e) from None
                 removed.append(Path(entry.path))
     return sorted(removed)
 

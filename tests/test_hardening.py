@@ -170,6 +170,7 @@ def test_a_failed_write_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch
     with pytest.raises(WriteError) as info:
         atomic_write_bytes(path, b"new checkpoint" * 1000)
     assert str(info.value) == f"cannot write {path}: {os.strerror(code)}"
+    assert isinstance(info.value, OSError) and info.value.errno == code  # `except OSError` still works
     assert path.read_bytes() == b"old checkpoint"
     assert tmp_leftovers(path.parent) == []
 
