@@ -322,16 +322,21 @@ def test_save_image_grid_pixel_size(tmp_path: Path) -> None:
     labels = torch.tensor([2, 0, 1, 0, 2, 1, 0, 1, 2])
     images = torch.randn(9, 3, 8, 10)
     path = tmp_path / "grid.png"
-    save_image_grid(images, labels, [0.5, 0.4, 0.3], [0.2, 0.2, 0.2], path)
-    with Image.open(path) as im:
-        assert im.size == (3 * 12 + 2, 3 * 10 + 2) == grid_size(labels.tolist(), 8, 10)
+    save_image_grid(images, labels, [0.5, 0.4, 0.3], [0.2, 0.2, 0.2], path, scale=1)
+    grid_w, grid_h = grid_size(labels.tolist(), 8, 10)
+    with Image.open(path) as im:  # the tile grid at the right, class names in a left column
+        assert (grid_w, grid_h) == (3 * 12 + 2, 3 * 10 + 2)
+        assert im.height == grid_h and im.width > grid_w
         assert im.mode == "RGB"
     grey = tmp_path / "grey.png"
     save_image_grid(torch.zeros(5, 1, 4, 4), torch.tensor([0, 0, 0, 1, 1]), 0.5, 0.5, grey,
                     per_row=2, scale=3)
-    with Image.open(grey) as im:
-        assert im.mode == "L" and im.size == ((2 * 6 + 2) * 3, (3 * 6 + 2) * 3)
-        assert im.getpixel((2 * 3, 2 * 3)) == 128  # 0 * 0.5 + 0.5 -> mid grey
+    with Image.open(grey) as im:  # tiles upscaled 3x, padding stays 2 px
+        grid_w, grid_h = grid_size([0, 0, 0, 1, 1], 4, 4, per_row=2, scale=3)
+        assert im.mode == "L" and im.height == grid_h == 3 * 14 + 2 and grid_w == 2 * 14 + 2
+        x0 = im.width - grid_w
+        assert im.getpixel((x0 + 2, 2)) == 128  # 0 * 0.5 + 0.5 -> mid grey
+        assert im.getpixel((x0 + 2 + 11, 2 + 11)) == 128 and im.getpixel((x0 + 1, 2)) == 255
     with pytest.raises(ValueError):
         save_image_grid(images, labels[:3], 0.5, 0.5, tmp_path / "bad.png")
 

@@ -1,14 +1,18 @@
 """Figures: a metric against any config column, and training curves from metrics.jsonl.
 
 Everything draws on a ``matplotlib.figure.Figure`` with the Agg canvas (no pyplot, no global
-state); :func:`save_figure` writes a PNG and a PDF with the same stem through the atomic helpers.
+state) and constrained layout; :func:`save_figure` writes a PNG and a PDF with the same stem
+through the atomic helpers. Legends sit below the axes (never over the data), accuracies are in
+percent like the tables, and the title names the dataset, net and protocol of the runs.
 
 * :func:`xy_summary` + :func:`plot_xy`: mean with std error bars *over seeds* (ddof=1), one line
-  per ``hue`` group. ``x`` can be any config column (``ipc``, a method hyper-parameter, ...),
-  which also makes ablation plots.
+  per ``hue`` group, each group with its own marker and a small horizontal dodge so that equal
+  points do not hide each other. ``x`` can be any config column (``ipc``, a method
+  hyper-parameter, ...), which also makes ablation plots.
 * :func:`load_curves` + :func:`plot_curves`: evaluation accuracy and loss against iteration from
-  the runs' ``metrics.jsonl``; one line per config group (runs that differ only in ``seed``),
-  averaged over seeds with a +-std band.
+  the runs' ``metrics.jsonl``; one colour per config group (runs that differ only in ``seed``),
+  averaged over seeds with a +-std band. A panel without rows is left out (see
+  :func:`curves_note`), so the figure never holds an empty panel.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.legend import Legend
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from hpcdd.errors import ConfigError
 from hpcdd.io import atomic_write_bytes, read_jsonl
@@ -29,6 +37,10 @@ from hpcdd.report.select import SEED, config_columns, prepare, summarize
 from hpcdd.report.tables import is_accuracy
 
 FIG_FORMATS = ("png", "pdf")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+LINESTYLES = ("-", "--", ":", "-.")
+TITLE_FIELDS = ("dataset", "net", "method", "ipc")
+"""Config fields named in a figure title when they have one value and are not plotted."""
 
 
 def figure_stem(path: str | os.PathLike[str]) -> Path:
@@ -37,14 +49,14 @@ def figure_stem(path: str | os.PathLike[str]) -> Path:
     return p.with_suffix("") if p.suffix.lower() in (".png", ".pdf") else p
 
 
-def save_figure(fig: Figure, stem: str | os.PathLike[str], dpi: int = 150) -> list[Path]:
+def save_figure(fig: Figure, stem: str | os.PathLike[str], dpi: int = 200) -> list[Path]:
     """Write ``<stem>.png`` and ``<stem>.pdf`` atomically; returns both paths."""
     FigureCanvasAgg(fig)
     base = figure_stem(stem)
     out = []
     for fmt in FIG_FORMATS:
         buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
+        fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight", pad_inches=0.03)
         path = base.with_name(f"{base.name}.{fmt}")
         atomic_write_bytes(path, buf.getvalue())
         out.append(path)
@@ -57,6 +69,54 @@ def _label(keys: Sequence[str], values: tuple) -> str:
     return " ".join(f"{k}={v}" for k, v in zip(keys, values))
 
 
+def _text(value: object) -> str:
+    return f"{value:g}" if isinstance(value, (int, float, np.number)) else str(value)
+
+
+def describe_runs(df: pd.DataFrame, skip: Iterable[str] = ()) -> str:
+    """A title from the runs' constant config fields, e.g. ``fashionmnist, convnet3, ipc 10
+    (protocol dc1000)``. Fields in ``skip`` (plotted on an axis or in the legend) and fields
+    with several values are left out; ``""`` when nothing is left."""
+    skip = set(skip)
+    parts = []
+    for col in TITLE_FIELDS:
+        if col in skip or col not in df.columns:
+            continue
+        values = df[col].dropna().unique()
+        if len(values) == 1:
+            parts.append(f"ipc {_text(values[0])}" if col == "ipc" else _text(values[0]))
+    text = ", ".join(parts)
+    if "protocol" in df.columns and "protocol" not in skip:
+        protocols = df["protocol"].dropna().unique()
+        if len(protocols) == 1:
+            text = f"{text} (protocol {protocols[0]})" if text else f"protocol {protocols[0]}"
+    return text
+
+
+def _figure_legend(
+    fig: Figure, handles: list, labels: list[str], title: str | None = None
+) -> Legend:
+    """One legend below all axes ("outside" in constrained layout, so it never covers data),
+    with as many columns (at most 4) as fit the figure's width."""
+    renderer = FigureCanvasAgg(fig).get_renderer()
+
+    def make(ncol: int) -> Legend:
+        return fig.legend(
+            handles, labels, loc="outside lower center", ncol=ncol, fontsize="small",
+            title=title, title_fontsize="small", frameon=False,
+        )
+
+    leg = make(1)
+    fits = max(0.98 * fig.bbox.width, leg.get_window_extent(renderer).width)
+    for ncol in range(min(4, len(handles)), 1, -1):
+        wide = make(ncol)
+        if wide.get_window_extent(renderer).width <= fits:
+            leg.remove()
+            return wide
+        wide.remove()
+    return leg
+
+
 def xy_summary(
     df: pd.DataFrame,
     x: str,
@@ -66,7 +126,11 @@ def xy_summary(
     protocol: str | None = None,
     where: Iterable[str] = (),
 ) -> pd.DataFrame:
-    """mean, std (ddof=1) and n of ``y`` over seeds for each (hue..., x); same checks as tables."""
+    """mean, std (ddof=1) and n of ``y`` over seeds for each (hue..., x); same checks as tables.
+
+    ``attrs["protocol"]`` lists the protocols and ``attrs["title"]`` describes the selected runs
+    (:func:`describe_runs` without the plotted columns); :func:`plot_xy` uses both.
+    """
     keys = [*hue, x]
     ignore = ("eval_models",) if "__" in y else ()
     data = prepare(df, keys, y, protocol=protocol, where=where, ignore=ignore)
@@ -76,6 +140,7 @@ def xy_summary(
         raise ConfigError(f"the selected runs have no value for {y!r}")
     protocols = sorted(map(str, data["protocol"].dropna().unique())) if "protocol" in data else []
     out.attrs["protocol"] = ", ".join(protocols)
+    out.attrs["title"] = describe_runs(data, skip=keys)
     return out
 
 
@@ -87,52 +152,77 @@ def _use_log(values: np.ndarray, xscale: str) -> bool:
     return bool(len(values) and values.min() > 0 and values.max() / values.min() >= 20)
 
 
+def dodge_offsets(n_groups: int, positions: np.ndarray) -> np.ndarray:
+    """Horizontal offset of each hue group, in the units of ``positions`` (log10 x on a log
+    axis, the category index for a categorical x): centred on 0, together at most 30% of the
+    smallest gap between x positions, so groups at equal x stay apart but near their tick."""
+    if n_groups < 2:
+        return np.zeros(max(n_groups, 1))
+    gaps = np.diff(np.unique(positions))
+    gap = float(gaps.min()) if len(gaps) else 1.0
+    step = min(0.08, 0.3 / (n_groups - 1)) * gap
+    return (np.arange(n_groups) - (n_groups - 1) / 2) * step
+
+
 def plot_xy(
-    summary: pd.DataFrame, x: str, y: str, hue: Sequence[str] = (), xscale: str = "auto"
+    summary: pd.DataFrame,
+    x: str,
+    y: str,
+    hue: Sequence[str] = (),
+    xscale: str = "auto",
+    title: str | None = None,
 ) -> Figure:
-    """Error-bar plot of a :func:`xy_summary` table (accuracies in percent)."""
+    """Error-bar plot of a :func:`xy_summary` table (accuracies in percent).
+
+    ``title`` None takes ``summary.attrs["title"]`` (dataset, net, protocol); ``""`` drops it.
+    Each hue group has its own colour and marker and is dodged sideways by
+    :func:`dodge_offsets`; the ticks stay at the true x values.
+    """
     scale = 100.0 if is_accuracy(y) else 1.0
     numeric = pd.api.types.is_numeric_dtype(summary[x]) and not pd.api.types.is_bool_dtype(
         summary[x]
     )
     cats = sorted(summary[x].astype(str).unique()) if not numeric else []
-    fig = Figure(figsize=(6.0, 4.2))
+    values = np.unique(summary[x].to_numpy(float)) if numeric else np.arange(len(cats), dtype=float)
+    log = numeric and _use_log(values, xscale)
+    groups = list(summary.groupby(list(hue), dropna=False, sort=True)) if hue else [((), summary)]
+    offsets = dodge_offsets(len(groups), np.log10(values) if log else values)
+    fig = Figure(figsize=(5.0, 3.6), layout="constrained")
     ax = fig.add_subplot()
-    groups = summary.groupby(list(hue), dropna=False, sort=True) if hue else [((), summary)]
-    for key, g in groups:
+    handles, labels = [], []
+    for k, (key, g) in enumerate(groups):
         g = g.sort_values(x)
-        xs = g[x].to_numpy(float) if numeric else np.array([cats.index(str(v)) for v in g[x]])
+        xs = g[x].to_numpy(float) if numeric else np.array([cats.index(str(v)) for v in g[x]], float)
+        xs = xs * 10 ** offsets[k] if log else xs + offsets[k]
         key = key if isinstance(key, tuple) else (key,)
-        ax.errorbar(
-            xs,
-            g["mean"].to_numpy(float) * scale,
+        bars = ax.errorbar(
+            xs, g["mean"].to_numpy(float) * scale,
             yerr=np.nan_to_num(g["std"].to_numpy(float) * scale, nan=0.0),
-            marker="o",
-            capsize=3,
-            label=_label(hue, key),
+            color=f"C{k % 10}", marker=MARKERS[k % len(MARKERS)], ms=6, lw=1.5,
+            ls="-" if numeric else "none",  # no line between unordered categories
+            capsize=4, capthick=1.2, elinewidth=1.2, alpha=0.85,
         )
-    if numeric:
-        values = np.unique(summary[x].to_numpy(float))
-        if _use_log(values, xscale):
-            ax.set_xscale("log")
-        ax.set_xticks(values, [f"{v:g}" for v in values])
-    else:
-        ax.set_xticks(range(len(cats)), cats)
+        handles.append(bars)
+        labels.append(_label(hue, key))
+    if log:
+        ax.set_xscale("log")
+    ax.set_xticks(values, [_text(v) for v in values] if numeric else cats)
+    if not numeric:
+        ax.set_xlim(-0.5, len(cats) - 0.5)
+    ax.minorticks_off()
     ax.set_xlabel(x)
     ax.set_ylabel(f"{y} (%)" if scale != 1.0 else y)
     ax.grid(True, alpha=0.3)
-    if hue:
-        ax.legend(fontsize="small")
+    title = summary.attrs.get("title", "") if title is None else title
+    if title:
+        ax.set_title(title, fontsize="medium")
     ns = sorted(set(summary["n"]))
     n_text = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
-    proto = summary.attrs.get("protocol", "")
-    fig.text(
-        0.01, 0.005,
-        f"{'protocol ' + proto + '; ' if proto else ''}mean ± std over seeds (ddof=1), {n_text} "
-        "runs per point; single-run points have no bar",
-        fontsize=7, ha="left", va="bottom",
-    )
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    note = f"{n_text} runs per point" + ("; single-run points have no bar" if ns[0] == 1 else "")
+    if hue:
+        _figure_legend(fig, handles, labels, title=f"mean ± std over seeds (ddof=1), {note}")
+    else:
+        _figure_legend(fig, handles, [f"mean ± std over seeds (ddof=1); {note}"])
     return fig
 
 
@@ -140,8 +230,9 @@ def load_curves(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(eval rows, loss rows) from each run's metrics.jsonl, tagged with the run's row index.
 
     Eval rows have columns ``row, it, eval_acc, eval_model, eval_epochs`` (-1 if not logged);
-    loss rows ``row, it, loss``.
-    A torn last line is skipped; runs without a metrics file are skipped.
+    loss rows ``row, it, loss``. An eval row at ``it == 0`` (the synthetic set at
+    initialisation) is kept like any other. A torn last line is skipped; runs without a metrics
+    file are skipped; a row repeated for the same iteration keeps its last value.
     """
     if "run_dir" not in df.columns:
         raise ConfigError("curves need run dirs: give runs directories, not a results CSV")
@@ -150,7 +241,7 @@ def load_curves(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     for row, run_dir in zip(df.index, df["run_dir"]):
         for rec in read_jsonl(os.path.join(str(run_dir), "metrics.jsonl")):
             it = rec.get("it")
-            if not isinstance(it, (int, float)):
+            if not isinstance(it, (int, float)) or isinstance(it, bool):
                 continue
             if isinstance(rec.get("eval_acc"), (int, float)):
                 ep = rec.get("eval_epochs")
@@ -161,10 +252,22 @@ def load_curves(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
                 losses.append((row, it, float(rec["loss"])))
     ev = pd.DataFrame(evals, columns=["row", "it", "eval_acc", "eval_model", "eval_epochs"])
     ev["eval_epochs"] = ev["eval_epochs"].fillna(-1).astype(int)
+    ev = ev.drop_duplicates(["row", "it", "eval_model", "eval_epochs"], keep="last")
     lo = pd.DataFrame(losses, columns=["row", "it", "loss"])
+    lo = lo.drop_duplicates(["row", "it"], keep="last")
     if ev.empty and lo.empty:
         raise ConfigError("no metrics.jsonl rows (it + loss or eval_acc) found in these runs")
-    return ev, lo
+    return ev.reset_index(drop=True), lo.reset_index(drop=True)
+
+
+def curves_note(evals: pd.DataFrame, losses: pd.DataFrame) -> str | None:
+    """What :func:`plot_curves` left out, for the CLI to print; None when both panels are drawn."""
+    if evals.empty:
+        return ("no accuracy rows in metrics.jsonl (the runs were made without --eval-every): "
+                "plotted the loss only")
+    if losses.empty:
+        return "no loss rows in metrics.jsonl: plotted the accuracy only"
+    return None
 
 
 def curve_groups(df: pd.DataFrame) -> tuple[list[str], pd.Series]:
@@ -178,48 +281,109 @@ def curve_groups(df: pd.DataFrame) -> tuple[list[str], pd.Series]:
     return varying, labels
 
 
-def _draw_band(ax, frame: pd.DataFrame, value: str, scale: float, label: str) -> None:
+def _draw_band(ax, frame: pd.DataFrame, value: str, scale: float, style: dict) -> bool:
+    """Mean over runs per iteration, with a ± std band where several runs; True if a band."""
     stats = frame.groupby("it")[value].agg(["mean", "std", "count"]).reset_index()
     its = stats["it"].to_numpy(float)
     mean = stats["mean"].to_numpy(float) * scale
-    (line,) = ax.plot(its, mean, label=label, marker="o" if len(its) < 30 else None, ms=3)
+    marker = style["marker"] if len(its) <= 30 else None
+    ax.plot(its, mean, color=style["color"], ls=style.get("ls", "-"), marker=marker, ms=4, lw=1.5)
     std = np.nan_to_num(stats["std"].to_numpy(float) * scale, nan=0.0)
-    if (stats["count"] > 1).any():
-        ax.fill_between(its, mean - std, mean + std, alpha=0.2, color=line.get_color())
+    band = bool((stats["count"] > 1).any())
+    if band:
+        ax.fill_between(its, mean - std, mean + std, alpha=0.2, color=style["color"], lw=0)
+    return band
 
 
-def plot_curves(df: pd.DataFrame, evals: pd.DataFrame, losses: pd.DataFrame) -> Figure:
-    """Left: eval accuracy (%) vs iteration; right: loss vs iteration; mean ± std over seeds."""
-    _, labels = curve_groups(df)
-    fig = Figure(figsize=(11.0, 4.2))
-    ax_acc, ax_loss = fig.subplots(1, 2)
+def _style_iteration_axis(ax) -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+    fmt = ScalarFormatter(useOffset=False)
+    fmt.set_scientific(False)
+    ax.xaxis.set_major_formatter(fmt)
+    ax.set_xlabel("iteration")
+    ax.grid(True, alpha=0.3)
+
+
+def _eval_tags(ev: pd.DataFrame) -> dict[tuple[str, int], str]:
+    """A legend text per (eval_model, eval_epochs); empty texts when there is only one."""
+    tags = sorted(set(zip(ev["eval_model"], ev["eval_epochs"])))
+    tag_model = len({m for m, _ in tags}) > 1
+    tag_epochs = len({e for _, e in tags}) > 1  # quick evals and final evals differ
+    out = {}
+    for model, epochs in tags:
+        parts = ([model] if tag_model else []) + ([f"{epochs} epochs"] if tag_epochs else [])
+        out[(model, epochs)] = ", ".join(parts)
+    return out
+
+
+def _eval_subtitle(ev: pd.DataFrame) -> str:
+    tags = sorted(set(zip(ev["eval_model"], ev["eval_epochs"])))
+    if len(tags) != 1:
+        return ""
+    model, epochs = tags[0]
+    parts = ([model] if model else []) + ([f"{epochs} epochs"] if epochs >= 0 else [])
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def plot_curves(
+    df: pd.DataFrame, evals: pd.DataFrame, losses: pd.DataFrame, title: str | None = None
+) -> Figure:
+    """Left: eval accuracy (%) vs iteration; right: loss vs iteration; mean ± std over seeds.
+
+    One colour and marker per config group in both panels, one line style per evaluation
+    (model, epochs) when there are several; integer iteration ticks; the eval at iteration 0
+    (initialisation) is plotted when logged. A panel without rows is left out rather than drawn
+    empty (:func:`curves_note` says which). ``title`` None describes the runs
+    (:func:`describe_runs`); ``""`` drops it. The legend sits below the panels.
+    """
+    varying, labels = curve_groups(df)
     ev = evals.assign(group=labels.reindex(evals["row"]).to_numpy())
-    tag_model = ev["eval_model"].nunique() > 1
-    tag_epochs = ev["eval_epochs"].nunique() > 1  # quick evals and final evals differ
-    for (group, model, epochs), frame in ev.groupby(
-        ["group", "eval_model", "eval_epochs"], sort=True
-    ):
-        tags = ([model] if tag_model else []) + ([f"{epochs} ep"] if tag_epochs else [])
-        label = f"{group} [{', '.join(tags)}]" if tags else str(group)
-        _draw_band(ax_acc, frame, "eval_acc", 100.0, label)
     lo = losses.assign(group=labels.reindex(losses["row"]).to_numpy())
-    for group, frame in lo.groupby("group", sort=True):
-        _draw_band(ax_loss, frame, "loss", 1.0, str(group))
-    for ax, title, ylabel, frame in (
-        (ax_acc, "evaluation accuracy", "eval_acc (%)", ev),
-        (ax_loss, "distillation loss", "loss", lo),
-    ):
-        ax.set_title(title)
-        ax.set_xlabel("iteration (it)")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, alpha=0.3)
-        if frame.empty:
-            ax.text(0.5, 0.5, "no rows in metrics.jsonl", ha="center", transform=ax.transAxes)
-        else:
-            ax.legend(fontsize="x-small")
-    fig.text(
-        0.01, 0.005, "lines: mean over seeds; band: ± std over seeds (ddof=1)",
-        fontsize=7, ha="left", va="bottom",
-    )
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    runs = pd.concat([ev[["group", "row"]], lo[["group", "row"]]]).drop_duplicates()
+    runs = runs.groupby("group").size()  # runs with metrics, per group
+    group_names = sorted(set(ev["group"]) | set(lo["group"]))
+    styles = {
+        g: {"color": f"C{k % 10}", "marker": MARKERS[k % len(MARKERS)]}
+        for k, g in enumerate(group_names)
+    }
+    panels = [p for p in ("acc", "loss") if not (ev if p == "acc" else lo).empty]
+    fig = Figure(figsize=(3.4 * len(panels) + 0.4, 3.2), layout="constrained")
+    axes = dict(zip(panels, fig.subplots(1, len(panels), sharex=True, squeeze=False)[0]))
+    band = False
+    tags = _eval_tags(ev)
+    tag_styles = {t: LINESTYLES[k % len(LINESTYLES)] for k, t in enumerate(sorted(tags))}
+    if "acc" in axes:
+        ax = axes["acc"]
+        for (group, model, epochs), frame in ev.groupby(
+            ["group", "eval_model", "eval_epochs"], sort=True
+        ):
+            style = {**styles[group], "ls": tag_styles[(model, epochs)]}
+            band |= _draw_band(ax, frame, "eval_acc", 100.0, style)
+        ax.set_title(f"evaluation accuracy{_eval_subtitle(ev)}", fontsize="medium")
+        ax.set_ylabel("test accuracy (%)")
+        _style_iteration_axis(ax)
+    if "loss" in axes:
+        ax = axes["loss"]
+        for group, frame in lo.groupby("group", sort=True):
+            band |= _draw_band(ax, frame, "loss", 1.0, styles[group])
+        positive = lo["loss"].to_numpy(float)
+        if positive.min() > 0 and positive.max() / positive.min() >= 100:
+            ax.set_yscale("log")
+        ax.set_title("distillation loss", fontsize="medium")
+        ax.set_ylabel("loss")
+        _style_iteration_axis(ax)
+    title = describe_runs(df, skip=varying) if title is None else title
+    if title:
+        fig.suptitle(title, fontsize="medium")
+    handles: list = [
+        Line2D([], [], color=s["color"], marker=s["marker"], ms=4, lw=1.5) for s in styles.values()
+    ]
+    texts = [f"{g} (n={runs.get(g, 0)})" for g in styles]
+    if len(tags) > 1:
+        handles += [Line2D([], [], color="0.3", ls=tag_styles[t], lw=1.5) for t in sorted(tags)]
+        texts += [f"eval {tags[t]}" for t in sorted(tags)]
+    if band:
+        handles.append(Patch(facecolor="0.5", alpha=0.3))
+        texts.append("± std over seeds (ddof=1)")
+    _figure_legend(fig, handles, texts, title="lines: mean over the n seeds of each group")
     return fig
