@@ -161,6 +161,8 @@ def resolve(cfg: RunConfig) -> RunConfig:
     out = dataclasses.replace(cfg, **updates)
     if method.output == "images" and out.ipc is None:
         raise ConfigError(f"method {cfg.method} needs ipc (images per class)")
+    if method.check is not None:
+        method.check(out)
     return out
 
 

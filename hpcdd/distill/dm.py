@@ -54,8 +54,8 @@ class DM(Distiller):
             p.requires_grad_(False)
         aug_gen = generator(cfg.seed, f"dm-dsa-{it}")
         real, syn = [], []
-        for c in range(self.num_classes):
-            idx = self.sampler.indices(c, cfg.batch_real, net=net)
+        chosen = self.sampler.batch_indices(range(self.num_classes), cfg.batch_real, net=net)
+        for c, idx in enumerate(chosen):
             img_real = self.data.images(idx).to(self.device)
             img_syn = self.images[c * cfg.ipc : (c + 1) * cfg.ipc]
             if self.dsa is not None:

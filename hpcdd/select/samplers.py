@@ -9,7 +9,7 @@ declared (name, parameters) in :mod:`hpcdd.specs.samplers`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -29,6 +29,11 @@ class Sampler(ABC):
     @abstractmethod
     def indices(self, c: int, n: int, net: nn.Module | None = None) -> torch.Tensor:
         """Up to ``n`` indices of class ``c`` (all of them if the class is smaller)."""
+
+    def batch_indices(self, classes: Sequence[int], n: int, net: nn.Module | None = None) -> list[torch.Tensor]:
+        """``indices(c, n, net)`` for every class of one matching step, in order. A sampler that
+        can work on all classes at once (DREAM's batched k-means) overrides this."""
+        return [self.indices(c, n, net) for c in classes]
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}

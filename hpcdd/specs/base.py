@@ -68,6 +68,9 @@ class MethodSpec:
     """Whether the method draws real images through a sampler (random, dream)."""
     prerequisites: Callable[[RunConfig], list[PrereqRef]] | None = None
     """Prerequisites of a resolved config, built first and shared by every run that needs them."""
+    check: Callable[[RunConfig], None] | None = None
+    """Checks across fields of a resolved config (e.g. parameters that depend on ipc); raises
+    ``ConfigError``. Runs at resolution, so a bad grid point is refused before anything runs."""
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
