@@ -81,7 +81,7 @@ class TwoStageParams:
     """Steps of the toy prerequisite."""
     prereq_fail: bool = False
     """Make the prerequisite fail."""
-    step_size: float = 0.1
+    toy_step: float = 0.1
     """Pull of each step towards a real batch's mean."""
 
     def __post_init__(self) -> None:
@@ -107,7 +107,7 @@ class TwoStage(Distiller):
             target = self.data.images(self.sampler.indices(c, self.cfg.batch_real)).mean(0)
             sl = slice(c * self.cfg.ipc, (c + 1) * self.cfg.ipc)
             loss += float(((self.images[sl] - target) ** 2).mean())
-            self.images[sl] += self.params.step_size * (target - self.images[sl])
+            self.images[sl] += self.params.toy_step * (target - self.images[sl])
         return {"loss": loss}
 
     def state_dict(self) -> dict[str, Any]:
@@ -135,8 +135,8 @@ class ToyGenerator(nn.Module):
 
 @dataclass(frozen=True)
 class ToyGenParams:
-    lr: float = 0.01
-    """Adam learning rate of the toy generator."""
+    toy_lr: float = 0.01
+    """Adam learning rate of the toy generator (a name no real method uses: plugins stay registered)."""
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -151,7 +151,7 @@ class ToyGen(Distiller):
         self.kwargs = {"num_classes": info.num_classes, "channels": info.channels, "im_size": info.im_size}
         self.net = GENERATORS.get("toy")(**self.kwargs)
         init_weights(self.net, generator(cfg.seed, "toygen-init"))
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=self.params.lr)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=self.params.toy_lr)
         self.gen = generator(cfg.seed, "toygen")
 
     def step(self, it: int) -> dict[str, float]:
