@@ -1,4 +1,8 @@
-"""The ``hpcdd`` command: distill, run, evaluate, show, aggregate, table, plot, sweep."""
+"""The ``hpcdd`` command: distill, run, evaluate, show, sweep, aggregate, table, plot.
+
+Parsing and ``--help`` import neither torch nor any method (flags come from the torch-free specs);
+each command imports what it needs when it runs.
+"""
 
 from __future__ import annotations
 
@@ -7,47 +11,43 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
 from hpcdd import __version__
-from hpcdd.cli_args import add_config_flags, values_for
-from hpcdd.config import ExecConfig, RunConfig, from_dict
+from hpcdd.cli_args import add_config_flags, add_run_flags, eval_values, exec_values
+from hpcdd.config import EvalConfig, ExecConfig, RunConfig, from_dict
 from hpcdd.errors import ConfigError, HpcddError
 
 
 def _load_yaml(path: str) -> dict[str, Any]:
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not UTF-8 text") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    from hpcdd.yamlfile import load_yaml_file
+
+    data = load_yaml_file(path, what="config file")
     if data is None:
-        data = {}
+        return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys")
     return data
 
 
-def _configs(args: argparse.Namespace, file_data: dict[str, Any], where: str) -> tuple[RunConfig, ExecConfig]:
-    """RunConfig/ExecConfig from a config file (an optional ``exec:`` block) and flags on top."""
+def _configs(args: argparse.Namespace, file_data: dict[str, Any],
+             where: str) -> tuple[RunConfig, EvalConfig, ExecConfig]:
+    """The configs from a config file (flat keys and an optional ``exec:`` block), flags on top."""
+    from hpcdd.catalog import configs_from_flat, flat_names
+
     file_data = dict(file_data)
     exec_data = file_data.pop("exec", None) or {}
     if not isinstance(exec_data, dict):
         raise ConfigError(f"'exec' in {where} must be a mapping of execution keys")
-    run = from_dict(RunConfig, {**file_data, **values_for(RunConfig, args)}, where=where)
-    exe = from_dict(ExecConfig, {**exec_data, **values_for(ExecConfig, args)}, where=f"{where} exec")
-    return run, exe
+    flags = {k: v for k, v in vars(args).items() if k in set(flat_names())}
+    run, ev = configs_from_flat({**file_data, **flags}, where=where)
+    exe = from_dict(ExecConfig, {**exec_data, **exec_values(args)}, where=f"{where} exec")
+    return run, ev, exe
 
 
-def _print_result(row: dict[str, Any]) -> None:
+def _print_rows(rows: list[dict[str, Any]]) -> None:
     from hpcdd.report.summary import result_table
 
-    print(result_table(row))
+    for row in rows:
+        print(result_table(row))
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -55,47 +55,63 @@ def _print_result(row: dict[str, Any]) -> None:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     file_data = _load_yaml(args.config) if args.config else {}
-    cfg, exe = _configs(args, file_data, args.config or "command line")
-    return _run(cfg, exe, Path(args.out), args.overwrite, not args.no_eval)
+    cfg, ev, exe = _configs(args, file_data, args.config or "command line")
+    return _run(cfg, ev, exe, args.out, args.overwrite, not args.no_eval)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg, exe = _configs(args, _load_yaml(args.config), args.config)
-    return _run(cfg, exe, Path(args.out), args.overwrite, True)
+    cfg, ev, exe = _configs(args, _load_yaml(args.config), args.config)
+    return _run(cfg, ev, exe, args.out, args.overwrite, True)
 
 
-def _run(cfg: RunConfig, exe: ExecConfig, out: Path, overwrite: bool, evaluate: bool) -> int:
-    from hpcdd.run import is_done, run_one
+def _out_dir(text: str) -> Path:
+    if not text.strip():
+        raise ConfigError("--out must name a directory (got an empty string)")
+    return Path(text)
+
+
+def _run(cfg: RunConfig, ev: EvalConfig, exe: ExecConfig, out: str, overwrite: bool, evaluate: bool) -> int:
+    from hpcdd.run import run_one
     from hpcdd.runtime.preempt import EXIT_INTERRUPTED, Interrupted, StopFlag
 
-    if is_done(out) and not overwrite:
-        print(f"{out} already holds a finished run; pass --overwrite to redo it", file=sys.stderr)
+    out_dir = _out_dir(out)
     try:
         with StopFlag() as stop:
-            row = run_one(cfg, out, exe, evaluate=evaluate, should_stop=stop, overwrite=overwrite)
+            rows = run_one(cfg, out_dir, exe, evals=(ev,), evaluate=evaluate, should_stop=stop,
+                           overwrite=overwrite)
     except Interrupted as e:
         print(f"hpcdd: {stop.received.name if stop.received else 'stop'} received: {e}; "
               "run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    if row is not None:
-        _print_result(row)
+    if rows:
+        _print_rows(rows)
     else:
-        print(f"distilled set written to {out / 'synset.pt'}; evaluate it with: hpcdd evaluate {out}")
+        print(f"distilled; evaluate it with: hpcdd evaluate {out_dir}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from hpcdd.run import evaluate_run
+    from hpcdd.runtime.preempt import EXIT_INTERRUPTED, Interrupted, StopFlag
 
-    exe = from_dict(ExecConfig, values_for(ExecConfig, args), where="command line")
-    _print_result(evaluate_run(args.run_dir, exe))
+    ev = from_dict(EvalConfig, eval_values(args), where="command line")
+    exe = from_dict(ExecConfig, exec_values(args), where="command line")
+    try:
+        with StopFlag() as stop:
+            row = evaluate_run(args.run_dir, ev, exe, should_stop=stop)
+    except Interrupted as e:
+        print(f"hpcdd: {stop.received.name if stop.received else 'stop'} received: {e}; "
+              "run the same command again to resume at the next model", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    _print_rows([row])
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     from hpcdd.report.summary import show_run
 
-    print(show_run(Path(args.run_dir), args.output))
+    print(show_run(Path(args.run_dir), args.output, ipc=args.ipc, seed=args.seed, scale=args.scale,
+                   max_per_class=args.max_per_class or None))
     return 0
 
 
@@ -109,50 +125,72 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _names_epilog() -> str:
+    """The registered names, for --help (specs are torch-free; datasets and nets are listed by the
+    torch-free catalog of names their modules register)."""
+    from hpcdd.names import DATASET_NAMES, NET_NAMES
+    from hpcdd.specs import METHODS, SAMPLERS
+
+    return (f"methods: {', '.join(METHODS.names())}. samplers: {', '.join(SAMPLERS.names())}. "
+            f"datasets: {', '.join(DATASET_NAMES)}. nets: {', '.join(NET_NAMES)}.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="hpcdd",
         description="Dataset distillation as an HPC job suite: distill, evaluate, sweep on Slurm, "
         "and aggregate results into tables. Run 'hpcdd COMMAND --help' for each command.",
+        epilog="Exit codes: 0 success, 2 bad input (one line on stderr), 3 stopped by SIGUSR2/SIGTERM "
+        "after writing a checkpoint (run the same command to resume), 130 interrupted (Ctrl-C).",
     )
     p.add_argument("--version", action="version", version=f"hpcdd {__version__}")
-    p.epilog = ("Exit codes: 0 success, 2 bad input (one line on stderr), 3 stopped by SIGUSR2/SIGTERM "
-                "after writing a checkpoint (run the same command to resume).")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    names = _names_epilog()
 
-    d = sub.add_parser("distill", help="distill one synthetic set, evaluate it, write a run dir",
-                       description="Distill a synthetic set with one method, evaluate it by the DC "
-                       "protocol and write result.json into --out. Resumes from the newest checkpoint "
-                       "when --out already holds the same run.")
+    d = sub.add_parser("distill", help="distill with one method, evaluate, write a run dir",
+                       description="Distill with one method (building its prerequisites first, or "
+                       "reusing them from the artefact root), evaluate the result by the DC protocol "
+                       "and write the run dir --out. Resumes when --out holds the same run; a "
+                       "finished run is not redone.", epilog=names)
     d.add_argument("--out", required=True, help="run dir to create (or resume)")
     d.add_argument("--config", help="YAML file of config keys (flags override it)")
-    d.add_argument("--overwrite", action="store_true", help="delete --out first if it holds another run")
-    d.add_argument("--no-eval", action="store_true", help="stop after writing synset.pt")
-    add_config_flags(d, RunConfig, "run config (defines the result)")
+    d.add_argument("--overwrite", action="store_true",
+                   help="delete hpcdd's files in --out first if it holds another run")
+    d.add_argument("--no-eval", action="store_true", help="stop after the distillation's artefact")
+    add_run_flags(d)
     add_config_flags(d, ExecConfig, "execution (does not change the result)")
     d.set_defaults(func=cmd_distill)
 
     r = sub.add_parser("run", help="run one config file into a run dir (what sbatch scripts call)",
-                       description="Run the config in CONFIG (YAML with RunConfig keys and an optional "
-                       "'exec:' block) into --out: distill, evaluate, write result.json and done.")
+                       description="Run the config in CONFIG (YAML with flat config keys and an optional "
+                       "'exec:' block) into --out: prerequisites, distillation, evaluation.", epilog=names)
     r.add_argument("config", help="YAML config file")
     r.add_argument("--out", required=True, help="run dir to create (or resume)")
-    r.add_argument("--overwrite", action="store_true", help="delete --out first if it holds another run")
+    r.add_argument("--overwrite", action="store_true",
+                   help="delete hpcdd's files in --out first if it holds another run")
     add_config_flags(r, ExecConfig, "execution (does not change the result)")
     r.set_defaults(func=cmd_run)
 
-    e = sub.add_parser("evaluate", help="(re)evaluate a run dir's synset.pt by its config",
-                       description="Train fresh models on RUN_DIR/synset.pt by the run's evaluation "
-                       "config and write result.json and done.")
-    e.add_argument("run_dir", help="a run dir written by 'hpcdd distill'")
+    e = sub.add_parser("evaluate", help="add an evaluation to a finished distillation (no re-distilling)",
+                       description="Train fresh models on RUN_DIR's artefact by the given evaluation "
+                       "config, into RUN_DIR/eval/<eval_id>/. Each finished model is saved at once: an "
+                       "interrupted evaluation resumes at the next model.", epilog=names)
+    e.add_argument("run_dir", help="a run dir written by 'hpcdd distill' or a sweep")
+    add_config_flags(e, EvalConfig, "evaluation", prefix="eval_")
     add_config_flags(e, ExecConfig, "execution")
     e.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("show", help="print a run's result and save a PNG grid of its images",
-                       description="Print RUN_DIR's config and result, and save its synthetic images "
-                       "as a PNG grid (one row per class).")
+    s = sub.add_parser("show", help="print a run's results and save a PNG grid of its images",
+                       description="Print RUN_DIR's evaluation results (or say it is not evaluated) "
+                       "and save its images as a PNG grid, one row per class with the class names. "
+                       "A generator run draws --ipc images per class from seeded noise.")
     s.add_argument("run_dir", help="a run dir")
     s.add_argument("-o", "--output", help="PNG path (default: RUN_DIR/synset.png)")
+    s.add_argument("--ipc", type=int, default=None, help="generator runs: images per class to draw (default 10)")
+    s.add_argument("--seed", type=int, default=0, help="generator runs: noise seed (default 0)")
+    s.add_argument("--scale", type=int, default=4, help="upscale factor of each tile (default 4)")
+    s.add_argument("--max-per-class", type=int, default=10,
+                   help="show at most this many images per class (default 10; 0: all)")
     s.set_defaults(func=cmd_show)
 
     from hpcdd.report.commands import register as register_report
@@ -172,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hpcdd: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("hpcdd: interrupted", file=sys.stderr)
+        print("hpcdd: interrupted; run the same command again to resume from the last checkpoint",
+              file=sys.stderr)
         return 130
 
 

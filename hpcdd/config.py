@@ -1,173 +1,231 @@
-"""Run configuration: what defines a result (``RunConfig``) vs where/how it runs (``ExecConfig``).
+"""Configs as plain data: what defines a distillation (``RunConfig``), what defines an evaluation
+of it (``EvalConfig``), and where/how either runs (``ExecConfig``).
 
-Only ``RunConfig`` enters a run's identity. Identity is a short hash of the *non-default* fields
-of the resolved config (Dora-style), so adding a new option with a default later does not rename
-finished runs; ``tests/test_config.py`` pins the defaults so changing one is a visible decision.
+This module imports neither torch nor any registry: it is plain data, type and range checks, the
+canonical dict form and the identity hash. Resolving a config against the registries (method
+defaults, method and sampler parameters) lives above it, in :mod:`hpcdd.catalog`.
+
+Identity is a short hash of the *non-default* fields of a resolved config (Dora-style), so adding
+a new option with a default later does not rename finished runs; ``tests/test_config.py`` pins
+the defaults so changing one is a visible decision.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import functools
 import hashlib
 import json
 import math
+import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from hpcdd.errors import ConfigError
+
+PRECISIONS = ("fp32", "bf16")
+EVAL_KINDS = ("fixed", "resample")
+EVAL_PREFIX = "eval_"
+"""EvalConfig fields appear as ``eval_<field>`` in flat keys: flags, grid files, CSV columns."""
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that defines a distillation result (one row of a results table)."""
+    """Everything that defines a distillation (its artefact: a synthetic set or a generator)."""
 
     method: str = "dm"
-    """Distillation method (registry name): dm, random, herding, kcenter, ..."""
+    """Distillation method (registry name; the names are listed below)."""
     dataset: str = "fashionmnist"
     """Dataset (registry name)."""
-    ipc: int = 10
-    """Synthetic images per class."""
+    ipc: int | None = 10
+    """Synthetic images per class (generator methods: set per evaluation, resolved to null)."""
     seed: int = 0
     """Root seed; every random draw is derived from it and a purpose string."""
     iterations: int | None = None
-    """Outer distillation iterations; None takes the method's paper default (DM: 20000)."""
+    """Outer distillation iterations; null takes the method's paper default (DM: 20000)."""
     im_size: int | None = None
-    """Resize images to im_size x im_size (imagefolder only; None: 32)."""
+    """Resize images to im_size x im_size (null: the dataset's own size; imagefolder: 32)."""
     net: str = "convnet3"
     """Network used for matching / embedding (registry name)."""
     sampler: str = "random"
-    """How real images are picked for matching (registry name): random, ..."""
-    init: str = "real"
-    """Synthetic-set initialisation: 'real' (random real images) or 'noise'."""
+    """How real images are picked for matching (registry name; listed below)."""
     batch_real: int = 256
     """Real images per class per matching step."""
-    lr_img: float | None = None
-    """Learning rate of the synthetic images; None takes the method's paper default (DM: 1.0)."""
-    momentum_img: float = 0.5
-    """SGD momentum of the synthetic images."""
     dsa: bool = True
     """Apply differentiable siamese augmentation while matching."""
     dsa_strategy: str | None = None
-    """DSA ops joined by '_'; None takes the dataset default (no flip for digit datasets)."""
+    """DSA ops joined by '_'; null takes the dataset default (no flip for digit datasets)."""
     precision: str = "fp32"
     """'fp32', or 'bf16' autocast for the no-grad real-image forward pass."""
-    eval_models: tuple[str, ...] = ("convnet3",)
-    """Architectures trained from scratch on the synthetic set (cross-architecture eval)."""
-    eval_epochs: int = 1000
-    """Epochs of the DC evaluation protocol (lr x0.1 at half)."""
-    eval_n: int = 5
-    """Fresh models trained per eval architecture (mean +- std over them)."""
-    eval_lr: float = 0.01
-    """SGD learning rate of evaluation training (momentum 0.9, weight decay 5e-4)."""
-    eval_batch: int = 256
-    """Batch size of evaluation training."""
-    eval_dsa: bool = True
-    """Use DSA augmentation when training evaluation models."""
+    params: Mapping[str, Any] = field(default_factory=dict)
+    """The method's own parameters (resolved: every one of them)."""
+    sampler_params: Mapping[str, Any] = field(default_factory=dict)
+    """The sampler's own parameters (resolved: every one of them)."""
 
     def __post_init__(self) -> None:
-        _check_types(self)
-        _canonical_floats(self)
-        if self.ipc < 1:
+        check_config(self)
+        if self.ipc is not None and self.ipc < 1:
             raise ConfigError(f"ipc must be >= 1, got {self.ipc}")
         if self.iterations is not None and self.iterations < 0:
             raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
-        for name in ("batch_real", "eval_epochs", "eval_n", "eval_batch"):
+        if self.batch_real < 1:
+            raise ConfigError(f"batch_real must be >= 1, got {self.batch_real}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.im_size is not None and not 8 <= self.im_size <= 1024:
+            raise ConfigError(f"im_size must be between 8 and 1024, got {self.im_size}")
+        for name in ("params", "sampler_params"):
+            value = getattr(self, name)
+            if not all(isinstance(k, str) for k in value):
+                raise ConfigError(f"{name} keys must be names, got {list(value)}")
+            object.__setattr__(self, name, dict(value))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation of a distillation: fresh nets trained on its images, tested on real data.
+
+    Kept out of the distillation's identity: a new evaluation never re-distils. Flat keys (flags,
+    grid files, CSV columns) carry the prefix ``eval_`` (``eval_models``, ``eval_epochs``, ...).
+    """
+
+    models: tuple[str, ...] = ("convnet3",)
+    """Architectures trained from scratch on the synthetic images (cross-architecture eval)."""
+    epochs: int = 1000
+    """Training epochs of each model (DC protocol: lr x0.1 at half)."""
+    n: int = 5
+    """Fresh models trained per architecture (mean +- std over them)."""
+    lr: float = 0.01
+    """SGD learning rate (momentum 0.9, weight decay 5e-4)."""
+    batch: int = 256
+    """Training batch size."""
+    dsa: bool = True
+    """Train with DSA augmentation (the dataset's default strategy)."""
+    kind: str = "fixed"
+    """fixed: one image set per model; resample: fresh generator images every epoch (DiM)."""
+    ipc: int | None = None
+    """Images per class drawn from a generator; null: the run's ipc (image sets: as distilled)."""
+
+    def __post_init__(self) -> None:
+        check_config(self)
+        for name in ("epochs", "n", "batch"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr_img is not None and self.lr_img < 0:
-            raise ConfigError(f"lr_img must be >= 0, got {self.lr_img}")
-        if self.eval_lr <= 0:
-            raise ConfigError(f"eval_lr must be > 0, got {self.eval_lr}")
-        if self.init not in ("real", "noise"):
-            raise ConfigError(f"init must be 'real' or 'noise', got {self.init!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        if not self.eval_models:
-            raise ConfigError("eval_models must name at least one architecture")
-        if len(set(self.eval_models)) != len(self.eval_models):
-            raise ConfigError(f"eval_models lists an architecture twice: {list(self.eval_models)}")
-        if self.im_size is not None and self.im_size < 8:
-            raise ConfigError(f"im_size must be >= 8, got {self.im_size}")
+                raise ConfigError(f"{EVAL_PREFIX}{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.lr <= 10:
+            raise ConfigError(f"{EVAL_PREFIX}lr must be in (0, 10], got {self.lr}")
+        if self.kind not in EVAL_KINDS:
+            raise ConfigError(f"{EVAL_PREFIX}kind must be one of {', '.join(EVAL_KINDS)}, got {self.kind!r}")
+        if self.ipc is not None and self.ipc < 1:
+            raise ConfigError(f"{EVAL_PREFIX}ipc must be >= 1, got {self.ipc}")
+        if not self.models:
+            raise ConfigError(f"{EVAL_PREFIX}models must name at least one architecture")
+        if len(set(self.models)) != len(self.models):
+            raise ConfigError(f"{EVAL_PREFIX}models lists an architecture twice: {list(self.models)}")
 
     @property
     def protocol(self) -> str:
         """Label of the evaluation protocol; results with different labels are never averaged."""
-        label = f"dc{self.eval_epochs}"
-        if not self.eval_dsa:
+        label = f"dc{self.epochs}" if self.kind == "fixed" else f"dim-resample{self.epochs}"
+        if not self.dsa:
             label += "-noaug"
-        if self.eval_lr != 0.01 or self.eval_batch != 256:
-            label += f"-lr{self.eval_lr:g}-b{self.eval_batch}"
+        if self.lr != 0.01 or self.batch != 256:
+            label += f"-lr{self.lr:g}-b{self.batch}"
         return label
 
 
 @dataclass(frozen=True)
 class ExecConfig:
-    """Where and how a run executes. Never part of the run's identity."""
+    """Where and how a run executes. Never part of any identity."""
 
     data_root: str | None = None
     """Directory holding dataset files (default: the dataset's standard location)."""
     download: bool = False
     """Allow torchvision to download a missing dataset."""
+    artefact_root: str | None = None
+    """Where prerequisite artefacts (pretrained GANs, expert trajectories) are built and shared
+    (null: $HPCDD_ARTEFACTS, else ~/.cache/hpcdd/artefacts)."""
     checkpoint_every: int = 50
     """Write an atomic checkpoint every this many iterations."""
+    checkpoint_minutes: float = 10.0
+    """Also checkpoint when this many minutes passed since the last one, so an outside requeue
+    or a node failure loses at most that much work."""
     eval_every: int = 0
-    """If > 0, log a quick eval (1 model, eval_every-epoch budget of 100) to metrics.jsonl
-    every this many iterations. 0 disables it."""
+    """If > 0, log a quick eval (1 model, 100 epochs) to metrics.jsonl at iteration 0 and every
+    this many iterations. 0 disables it."""
     progress: bool = True
     """Show tqdm progress bars."""
     deterministic: bool = True
     """Use deterministic algorithms (bit-identical resume on CPU)."""
     threads: int | None = None
-    """torch CPU threads (None: torch's default). Sweeps set it from cpus_per_task, or share the
+    """torch CPU threads (null: torch's default). Sweeps set it from cpus_per_task, or share the
     cores between parallel local runs. Bitwise results depend on it (reduction order)."""
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        check_config(self)
         if self.checkpoint_every < 1:
             raise ConfigError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if not 0 < self.checkpoint_minutes <= 10080:
+            raise ConfigError(f"checkpoint_minutes must be in (0, 10080], got {self.checkpoint_minutes}")
         if self.eval_every < 0:
             raise ConfigError(f"eval_every must be >= 0, got {self.eval_every}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        if self.threads is not None and not 1 <= self.threads <= 4096:
+            raise ConfigError(f"threads must be between 1 and 4096, got {self.threads}")
+        for name in ("data_root", "artefact_root"):
+            if getattr(self, name) == "":
+                raise ConfigError(f"{name} must be a directory, got an empty string")
 
 
 # ---------------------------------------------------------------------------------------------
 # type checking and conversion from plain dicts (YAML / CLI)
 
 
-def _check_types(obj: Any) -> None:
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if not _matches(value, hints[f.name]):
-            raise ConfigError(
-                f"config key {f.name!r} must be {_type_name(hints[f.name])}, got {value!r}"
-            )
+@functools.cache
+def type_hints(cls: type) -> dict[str, Any]:
+    """``typing.get_type_hints`` of a config class, computed once per class."""
+    return typing.get_type_hints(cls)
 
 
-def _canonical_floats(obj: Any) -> None:
-    """Store ints given for float fields as floats (so 1 and 1.0 are one identity) and reject
-    NaN/Inf. Runs in ``__post_init__``: the frozen value is canonical from the start."""
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if float in (hints[f.name], *typing.get_args(hints[f.name])) and isinstance(value, (int, float)) \
-                and not isinstance(value, bool):
+@functools.cache
+def field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def check_config(obj: Any) -> None:
+    """Check every field's type (``ConfigError`` naming it), store ints given for float fields as
+    floats (so 1 and 1.0 are one identity) and reject NaN/Inf. Call from ``__post_init__``."""
+    hints = type_hints(type(obj))
+    for name in field_names(type(obj)):
+        value = getattr(obj, name)
+        tp = hints[name]
+        if not _matches(value, tp):
+            raise ConfigError(f"config key {name!r} must be {_type_name(tp)}, got {value!r}")
+        if _wants_float(tp) and isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):
-                raise ConfigError(f"config key {f.name!r} must be finite, got {value!r}")
-            object.__setattr__(obj, f.name, float(value))
+                raise ConfigError(f"config key {name!r} must be finite, got {value!r}")
+            object.__setattr__(obj, name, float(value))
+
+
+def _wants_float(tp: Any) -> bool:
+    return tp is float or float in typing.get_args(tp)
 
 
 def _matches(value: Any, tp: Any) -> bool:
     origin = typing.get_origin(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         return any(_matches(value, t) for t in typing.get_args(tp))
     if tp is type(None):
         return value is None
+    if tp is Any:
+        return True
     if origin is tuple:
         (inner, _ellipsis) = typing.get_args(tp)
         return isinstance(value, tuple) and all(_matches(v, inner) for v in value)
+    if origin in (dict, collections.abc.Mapping) or tp in (dict, Mapping):
+        return isinstance(value, Mapping)
     if tp is bool:
         return isinstance(value, bool)
     if tp is int:
@@ -181,37 +239,36 @@ def _type_name(tp: Any) -> str:
     args = typing.get_args(tp)
     if typing.get_origin(tp) is tuple:
         return f"a list of {_type_name(args[0])}"
+    if typing.get_origin(tp) in (dict, collections.abc.Mapping):
+        return "a mapping"
     if args:
         return " or ".join(_type_name(a) for a in args)
-    return "null" if tp is type(None) else tp.__name__
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
 def _coerce(value: Any, tp: Any) -> Any:
-    """Lists become tuples and ints become floats where the field wants them; nothing else."""
-    if typing.get_origin(tp) is tuple and isinstance(value, list):
+    """Lists become tuples where the field wants a tuple; nothing else (floats: check_config)."""
+    wants_tuple = typing.get_origin(tp) is tuple or any(
+        typing.get_origin(a) is tuple for a in typing.get_args(tp))
+    if wants_tuple and isinstance(value, list):
         return tuple(value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if typing.get_args(tp) and float in typing.get_args(tp):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
     return value
 
 
-def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+def from_dict(cls: type, data: Any, where: str = "config") -> Any:
     """Build ``cls`` from a plain dict; unknown keys and wrong types raise ``ConfigError``."""
-    if not isinstance(data, dict):
+    if not isinstance(data, Mapping):
         raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    hints = type_hints(cls)
+    names = set(field_names(cls))
     unknown = sorted(map(str, set(data) - names))
     if unknown:
-        raise ConfigError(f"unknown key(s) in {where}: {', '.join(map(str, unknown))}")
-    return cls(**{k: _coerce(v, hints[k]) for k, v in data.items()})
-
-
-def run_config_fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(RunConfig)]
+        raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)}")
+    try:
+        return cls(**{k: _coerce(v, hints[k]) for k, v in data.items()})
+    except ConfigError as e:
+        msg = str(e)
+        raise ConfigError(msg if msg.startswith(where) else f"{where}: {msg}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,58 +276,41 @@ def run_config_fields() -> list[str]:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain, YAML/JSON-ready dict (tuples become lists)."""
-    out = {}
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        out[f.name] = list(v) if isinstance(v, tuple) else v
-    return out
+    """Plain, YAML/JSON-ready dict (tuples become lists, mappings plain dicts), in field order."""
+    return {name: _plain(getattr(cfg, name)) for name in field_names(type(cfg))}
 
 
-def non_default(cfg: RunConfig) -> dict[str, Any]:
-    """The fields whose value differs from the dataclass default."""
-    defaults = to_dict(RunConfig())
-    return {k: v for k, v in to_dict(cfg).items() if v != defaults[k]}
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
-def run_id(cfg: RunConfig) -> str:
-    """12-hex-digit identity of a *resolved* config: hash of its non-default fields."""
-    canon = json.dumps(non_default(cfg), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canon.encode()).hexdigest()[:12]
+def non_default(cfg: Any, defaults: Any | None = None) -> dict[str, Any]:
+    """The fields of ``cfg`` whose value differs from ``defaults`` (default: the class's)."""
+    base = to_dict(defaults if defaults is not None else type(cfg)())
+    return {k: v for k, v in to_dict(cfg).items() if v != base[k]}
 
 
-def resolve(cfg: RunConfig) -> RunConfig:
-    """Check every registry name and fill method defaults (the config that actually runs)."""
-    from hpcdd import data, nets
-    from hpcdd.distill import METHODS
-    from hpcdd.select import SAMPLERS
+def identity_hash(canonical: Mapping[str, Any]) -> str:
+    """12 hex digits of the sha256 of the canonical JSON of ``canonical`` (sorted keys)."""
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
-    method = METHODS.get(cfg.method)
-    data.DATASETS.get(cfg.dataset)
-    nets.NETS.get(cfg.net)
-    for name in cfg.eval_models:
-        nets.NETS.get(name)
-    SAMPLERS.get(cfg.sampler)
-    updates: dict[str, Any] = {k: v for k, v in method.defaults.items() if getattr(cfg, k) is None}
-    updates.update(method.fixed)
-    if cfg.dsa_strategy is None:
-        from hpcdd.augment import default_strategy
 
-        updates["dsa_strategy"] = default_strategy(cfg.dataset)
-    else:
-        from hpcdd.augment import check_strategy
+def eval_flat(ev: EvalConfig) -> dict[str, Any]:
+    """``{"eval_models": [...], "eval_epochs": ..., ...}``: the flat keys of an EvalConfig."""
+    return {EVAL_PREFIX + k: v for k, v in to_dict(ev).items()}
 
-        check_strategy(cfg.dsa_strategy)
-    return dataclasses.replace(cfg, **updates)
+
+def eval_flat_names() -> tuple[str, ...]:
+    return tuple(EVAL_PREFIX + n for n in field_names(EvalConfig))
 
 
 __all__ = [
-    "RunConfig",
-    "ExecConfig",
-    "from_dict",
-    "to_dict",
-    "run_id",
-    "resolve",
-    "non_default",
-    "field",
+    "RunConfig", "EvalConfig", "ExecConfig", "from_dict", "to_dict", "non_default",
+    "identity_hash", "check_config", "type_hints", "field_names", "eval_flat", "eval_flat_names",
+    "EVAL_PREFIX",
 ]

@@ -1,14 +1,19 @@
-"""Evaluation by the DC protocol: train fresh nets from scratch on the synthetic set, test on
-the real test set, report the last-epoch accuracy as mean +- std over ``eval_n`` models.
+"""Evaluation by the DC protocol: train fresh nets from scratch on a source's images, test on the
+real test set, report the last-epoch accuracy as mean +- std over ``n`` models.
 
 Protocol (Zhao et al., ICLR 2021): SGD lr 0.01, momentum 0.9, weight decay 5e-4, lr x0.1 at
-epoch E/2, batch 256, DSA augmentation with per-sample parameters, E = 1000 by default.
-Every result carries ``cfg.protocol`` (e.g. ``dc1000``) so budgets are never mixed.
+epoch E/2, batch 256, DSA augmentation with per-sample parameters, E = 1000 by default. Every
+result carries ``EvalConfig.protocol`` (e.g. ``dc1000``) so budgets are never mixed.
+
+Two kinds: ``fixed`` trains each model on one image set (a generator samples it once per model,
+seeded); ``resample`` draws fresh generator images every epoch, as DiM's evaluation does (we report
+the last epoch, not DiM's best). Each finished model is handed to ``on_model`` at once, so a
+preempted evaluation resumes at the next model.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -16,18 +21,19 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from hpcdd.augment import DSA, default_strategy
-from hpcdd.config import RunConfig
+from hpcdd.config import EvalConfig
 from hpcdd.data import DatasetInfo, ImageSet
-from hpcdd.distill.base import SyntheticSet
+from hpcdd.errors import CheckpointError
 from hpcdd.runtime.preempt import Interrupted
 from hpcdd.seeding import fresh_net, generator
+from hpcdd.sources import Source, SyntheticSet
 
 TEST_BATCH = 500
 
 
 def train_from_scratch(
     net: torch.nn.Module,
-    syn: SyntheticSet,
+    images_for_epoch: Callable[[int], SyntheticSet],
     *,
     epochs: int,
     lr: float,
@@ -39,17 +45,18 @@ def train_from_scratch(
     desc: str = "",
     should_stop: Callable[[], bool] | None = None,
 ) -> torch.nn.Module:
-    """Train ``net`` on the synthetic set (one of the protocol's fresh models).
+    """Train ``net`` on ``images_for_epoch(e)`` at each epoch ``e`` (one of the protocol's models).
 
     Raises ``Interrupted`` between epochs when ``should_stop()`` is true (preemption).
     """
-    images, labels = syn.images.to(device), syn.labels.to(device)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[max(1, epochs // 2)], gamma=0.1)
     net.train()
-    for _ in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
+    for epoch in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
         if should_stop is not None and should_stop():
             raise Interrupted(None)
+        syn = images_for_epoch(epoch)
+        images, labels = syn.images.to(device), syn.labels.to(device)
         order = torch.randperm(len(images), generator=gen).to(device)
         for start in range(0, len(images), batch):
             idx = order[start : start + batch]
@@ -74,43 +81,85 @@ def test_accuracy(net: torch.nn.Module, test: ImageSet, device: torch.device) ->
     return correct / len(test)
 
 
-def evaluate_synset(
-    syn: SyntheticSet,
+def check_synset(syn: SyntheticSet, info: DatasetInfo, where: str) -> None:
+    """Refuse a synthetic set that cannot be trained on for this dataset (one-line error)."""
+    images, labels = syn.images, syn.labels
+    expected = (info.channels, info.im_size, info.im_size)
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or tuple(images.shape[1:]) != expected:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise CheckpointError(f"{where}: images have shape {shape}, {info.name} needs (N, *{expected})")
+    if not images.is_floating_point():
+        raise CheckpointError(f"{where}: images must be floating point, got {images.dtype}")
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.numel() != images.shape[0]:
+        n = labels.numel() if isinstance(labels, torch.Tensor) else "no"
+        raise CheckpointError(f"{where}: {images.shape[0]} images but {n} labels")
+    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise CheckpointError(f"{where}: labels must be integers, got {labels.dtype}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= info.num_classes):
+        raise CheckpointError(f"{where}: labels outside 0..{info.num_classes - 1}")
+    if images.numel() == 0:
+        raise CheckpointError(f"{where}: holds no images")
+    if not torch.isfinite(images).all():
+        raise CheckpointError(f"{where}: images contain NaN or Inf")
+
+
+def evaluate_source(
+    source: Source,
     test: ImageSet,
     info: DatasetInfo,
-    cfg: RunConfig,
-    device: torch.device,
+    ev: EvalConfig,
     *,
-    models: tuple[str, ...] | None = None,
-    n: int | None = None,
-    epochs: int | None = None,
+    seed: int,
+    dataset: str,
+    ipc: int | None,
+    device: torch.device,
+    finished: Mapping[tuple[str, int], float] | None = None,
+    on_model: Callable[[str, int, float], None] | None = None,
     purpose: str = "eval",
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    where: str = "source",
 ) -> dict[str, dict[str, Any]]:
     """``{arch: {"accs": [...], "acc_mean": m, "acc_std": s}}`` (std over models, ddof=0).
 
-    Augmentation is the dataset's default DSA strategy (the protocol's), whatever strategy
-    the distillation used, so results labelled with one protocol are comparable.
+    ``finished`` holds accuracies of models already trained (skipped); ``on_model(arch, k, acc)``
+    is called as each new one finishes. Augmentation is the dataset's default DSA strategy (the
+    protocol's), whatever the distillation used, so rows of one protocol are comparable.
     """
-    models = models or cfg.eval_models
-    n = n or cfg.eval_n
-    epochs = epochs or cfg.eval_epochs
-    dsa = DSA(default_strategy(cfg.dataset)) if cfg.eval_dsa else None
+    finished = dict(finished or {})
+    dsa = DSA(default_strategy(dataset)) if ev.dsa else None
     out: dict[str, dict[str, Any]] = {}
-    for arch in models:
+    for arch in ev.models:
         accs = []
-        for k in range(n):
-            tag = f"{purpose}-{arch}-{k}"
-            net = fresh_net(arch, info, cfg.seed, f"{tag}-init", device)
-            train_from_scratch(
-                net, syn, epochs=epochs, lr=cfg.eval_lr, batch=cfg.eval_batch, dsa=dsa,
-                gen=generator(cfg.seed, f"{tag}-train"), device=device, progress=progress,
-                desc=f"eval {arch} {k + 1}/{n}", should_stop=should_stop,
-            )
-            accs.append(test_accuracy(net, test, device))
+        for k in range(ev.n):
+            if (arch, k) not in finished:
+                tag = f"{purpose}-{arch}-{k}"
+                images_for_epoch = _images(source, ev, ipc, seed, tag, info, where)
+                net = fresh_net(arch, info, seed, f"{tag}-init", device)
+                train_from_scratch(
+                    net, images_for_epoch, epochs=ev.epochs, lr=ev.lr, batch=ev.batch, dsa=dsa,
+                    gen=generator(seed, f"{tag}-train"), device=device, progress=progress,
+                    desc=f"eval {arch} {k + 1}/{ev.n}", should_stop=should_stop,
+                )
+                finished[(arch, k)] = test_accuracy(net, test, device)
+                if on_model is not None:
+                    on_model(arch, k, finished[(arch, k)])
+            accs.append(finished[(arch, k)])
         out[arch] = {"accs": accs, "acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs))}
     return out
+
+
+def _images(source: Source, ev: EvalConfig, ipc: int | None, seed: int, tag: str,
+            info: DatasetInfo, where: str) -> Callable[[int], SyntheticSet]:
+    """The per-epoch image set of one model: one draw (fixed) or a fresh one per epoch."""
+    if ev.kind == "resample":
+        def fresh(epoch: int) -> SyntheticSet:
+            return source.sample(ipc, generator(seed, f"{tag}-epoch{epoch}"))
+        check_synset(fresh(0), info, where)
+        return fresh
+    syn = source.sample(ipc, generator(seed, f"{tag}-sample"))
+    check_synset(syn, info, where)
+    return lambda epoch: syn
 
 
 def flat_metrics(per_arch: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -1,152 +1,57 @@
 """``run_one(cfg, run_dir)``: the single job entry point used by every executor.
 
-In order: write the resolved ``config.yaml``; resume from the newest valid checkpoint; distill,
-checkpointing atomically every ``checkpoint_every`` iterations (and when asked to stop);
-save ``synset.pt``; evaluate; write ``result.json``; write ``done`` last.
-
-Run dir layout::
-
-    config.yaml      the resolved RunConfig (identity = hpcdd.config.run_id of it)
-    log.txt          one line per event (start, resume, checkpoint, finish, error)
-    metrics.jsonl    {"it", "loss", ...} per iteration; {"it", "eval_acc", ...} periodic evals
-    checkpoint/      ckpt-<it>.pt, the newest two kept
-    synset.pt        {"images", "labels", "run_id", "info"} (torch.load(weights_only=True))
-    result.json      one flat row (schema in README.md, 'The run dir')
-    done             written last; its presence means result.json is complete
+In order: resolve the config; build (or reuse) its prerequisite artefacts; resume the
+distillation from the newest valid checkpoint and step it to the end, checkpointing atomically;
+save the artefact (``synset.pt`` or ``generator.pt``) and ``done``; then run each evaluation into
+``eval/<eval_id>/``, saving every finished model at once. ``evaluate_run`` adds an evaluation to a
+finished distillation without distilling again. The layout is :mod:`hpcdd.rundir`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import json
-import math
-import shutil
+import os
 import time
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Sequence
 
 import torch
-import yaml
-from tqdm.auto import tqdm
 
-from hpcdd.config import ExecConfig, RunConfig, from_dict, resolve, run_id, to_dict
-from hpcdd.data import load_dataset
-from hpcdd.distill import METHODS, SyntheticSet
-from hpcdd.errors import CheckpointError, ConfigError, NonFiniteLossError, RunDirError
-from hpcdd.evaluate import evaluate_synset, flat_metrics
-from hpcdd.nets import build as build_net
-from hpcdd.io import (
-    append_line, atomic_torch_save, atomic_write_json, atomic_write_text, atomic_write_yaml,
-    now_utc, read_jsonl, try_load_json, try_torch_load,
+from hpcdd import prereq, rundir
+from hpcdd.catalog import (
+    check_names, effective_ipc, eval_id, flat_run, prereq_id, prerequisites, resolve, resolve_eval,
+    run_id,
 )
+from hpcdd.config import EvalConfig, ExecConfig, RunConfig, eval_flat, from_dict, to_dict
+from hpcdd.data import Dataset, load_dataset
+from hpcdd.errors import ConfigError, NonFiniteLossError, RunDirError
+from hpcdd.evaluate import check_synset, evaluate_source, flat_metrics
+from hpcdd.io import (
+    append_line, atomic_torch_save, atomic_write_json, atomic_write_yaml, clean_stale_tmp, now_utc,
+    read_jsonl, try_load_json,
+)
+from hpcdd.nets import build as build_net
 from hpcdd.runtime.accel import make_accelerator, peak_memory_mb
-from hpcdd.runtime.checkpoint import load_latest, save_checkpoint
+from hpcdd.runtime.loop import run_steps
 from hpcdd.runtime.malloc import tune_malloc
-from hpcdd.runtime.preempt import Interrupted
 from hpcdd.runtime.provenance import provenance
-from hpcdd.select import SAMPLERS
+from hpcdd.seeding import generator
+from hpcdd.sources import Source, load_source
+from hpcdd.specs import METHODS, SAMPLERS, load_impl
+
+ShouldStop = Callable[[], bool] | None
 
 
-# ----------------------------------------------------------------------------------------------
-# run-dir helpers
+@dataclasses.dataclass
+class _Context:
+    """What one process set up for a run: device, data, provenance, timings."""
 
-
-def log(run_dir: Path, msg: str) -> None:
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    append_line(run_dir / "log.txt", f"{stamp} {msg}")
-
-
-def read_config(run_dir: Path) -> RunConfig | None:
-    """The RunConfig stored in a run dir, ``None`` if it has none."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        return None
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise RunDirError(f"{path} is unreadable: {e.__class__.__name__}") from None
-    return from_dict(RunConfig, data, where=str(path))
-
-
-def is_done(run_dir: Path) -> bool:
-    return (Path(run_dir) / "done").exists() and try_load_json(Path(run_dir) / "result.json") is not None
-
-
-def ensure_writable(run_dir: Path) -> None:
-    """Create ``run_dir`` if needed and check that files can be written in it."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise RunDirError(f"cannot write to run dir {run_dir}: {e.strerror}") from None
-
-
-def check_run_dir(cfg: RunConfig, run_dir: Path, overwrite: bool = False) -> None:
-    """Make sure ``run_dir`` is writable and free for ``cfg`` (resolved); writes no files.
-
-    A dir holding another hpcdd run is refused unless ``overwrite`` (which empties it, keeping
-    only the lock file); a non-empty dir that is not an hpcdd run dir is always refused
-    (``--overwrite`` never deletes foreign files).
-    """
-    run_dir = Path(run_dir)
-    ensure_writable(run_dir)
-    existing = read_config(run_dir)
-    if existing is None:
-        if any(not p.name.startswith(".") and p.name != "log.txt" for p in run_dir.iterdir()):
-            raise RunDirError(f"{run_dir} is not empty and is not an hpcdd run dir; choose another --out")
-        return
-    if run_id(existing) != run_id(cfg) and not overwrite:
-        raise RunDirError(f"{run_dir} already holds a different run ({run_id(existing)}); "
-                          "choose another --out or pass --overwrite")
-    if overwrite:
-        for p in run_dir.iterdir():
-            if p.name != ".lock":
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-
-
-def write_config(cfg: RunConfig, run_dir: Path) -> None:
-    """Write ``config.yaml`` (the resolved config) unless the dir already has it."""
-    if not (Path(run_dir) / "config.yaml").exists():
-        atomic_write_yaml(Path(run_dir) / "config.yaml", to_dict(cfg))
-
-
-def prepare_run_dir(cfg: RunConfig, run_dir: Path, overwrite: bool = False) -> None:
-    """``check_run_dir`` then ``write_config``: a run dir ready to be submitted."""
-    check_run_dir(cfg, run_dir, overwrite)
-    write_config(cfg, run_dir)
-
-
-@contextlib.contextmanager
-def run_dir_lock(run_dir: Path) -> Iterator[None]:
-    """Exclusive lock on ``run_dir/.lock``: two processes never run in one dir at once."""
-    with open(Path(run_dir) / ".lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunDirError(f"{run_dir} is in use by another hpcdd process") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def load_synset(run_dir: Path) -> dict[str, Any]:
-    """The saved ``synset.pt`` dict (images, labels, run_id, info, distill_seconds)."""
-    path = Path(run_dir) / "synset.pt"
-    state = try_torch_load(path)
-    if not isinstance(state, dict) or "images" not in state or "labels" not in state:
-        what = "missing" if not path.exists() else "corrupt"
-        raise CheckpointError(f"{path} is {what}; rerun the distillation")
-    return state
-
-
-# ----------------------------------------------------------------------------------------------
-# the job
+    accelerator: Any
+    data: Dataset
+    prov: dict[str, Any]
+    exec_cfg: ExecConfig
+    t_start: float
 
 
 def run_one(
@@ -154,162 +59,268 @@ def run_one(
     run_dir: str | Path,
     exec_cfg: ExecConfig = ExecConfig(),
     *,
+    evals: Sequence[EvalConfig] = (EvalConfig(),),
     evaluate: bool = True,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: ShouldStop = None,
     overwrite: bool = False,
-) -> dict[str, Any] | None:
-    """Distill (resuming if possible), evaluate, and return the result row.
+) -> list[dict[str, Any]]:
+    """Distill (resuming if possible), then run each evaluation; returns their result rows.
 
-    Returns the existing row if the run is already done; ``None`` if ``evaluate`` is False.
-    Raises ``Interrupted`` after checkpointing when ``should_stop()`` becomes true.
-    ``overwrite`` deletes a previous hpcdd run in ``run_dir`` first (never foreign files).
+    Finished stages are skipped: a done distillation is not redone, a done evaluation returns its
+    row. Raises ``Interrupted`` after checkpointing when ``should_stop()`` becomes true.
+    ``overwrite`` deletes a previous hpcdd run in ``run_dir`` first (only hpcdd's own files).
     """
+    t_start = time.perf_counter()
     cfg = resolve(cfg)
+    evals = [resolve_eval(ev, cfg) for ev in evals] if evaluate else []
+    rid = run_id(cfg)
     run_dir = Path(run_dir)
-    ensure_writable(run_dir)
-    with run_dir_lock(run_dir):  # before any deletion: never clear a dir another process runs in
-        check_run_dir(cfg, run_dir, overwrite)
-        if is_done(run_dir):
-            return try_load_json(run_dir / "result.json")
-        tune_malloc()
-        if exec_cfg.threads is not None:
-            torch.set_num_threads(exec_cfg.threads)
-        accelerator = make_accelerator(exec_cfg.deterministic)
-        prov = provenance(accelerator.device)  # the code that runs: taken now, not at the end
-        data = load_dataset(cfg.dataset, root=exec_cfg.data_root, download=exec_cfg.download,
-                            im_size=cfg.im_size)
-        for name in {cfg.net, *cfg.eval_models}:  # fail on a net/image-size mismatch up front
-            build_net(name, data.info.channels, data.info.num_classes, data.info.im_size)
-        smallest = min(len(idx) for idx in data.train.class_indices)
-        if cfg.ipc > smallest:
-            raise ConfigError(f"ipc {cfg.ipc} exceeds the smallest class of {cfg.dataset} "
+    if run_dir.is_dir():  # refuse before loading any data or creating any file
+        rundir.check_free(run_dir, rid, overwrite, clear_now=False)
+    finished = rundir.is_done(run_dir) and not overwrite and rundir.read_mark(run_dir) is not None
+    if finished and all(rundir.eval_done(run_dir, eval_id(ev)) for ev in evals):
+        return [rundir.read_result(run_dir, eval_id(ev)) for ev in evals]
+    ctx = _setup(cfg, evals, exec_cfg, t_start)  # loads data and checks every name before any file
+    rundir.ensure_writable(run_dir)
+    with rundir.lock(run_dir):
+        rundir.check_free(run_dir, rid, overwrite)
+        clean_stale_tmp(run_dir, recursive=True)
+        rundir.write_identity(run_dir, rid, cfg)
+        source, meta = _distilled(cfg, rid, run_dir, ctx, should_stop)
+        return [_evaluate(cfg, ev, run_dir, source, meta, ctx, should_stop) for ev in evals]
+
+
+def evaluate_run(run_dir: str | Path, ev: EvalConfig = EvalConfig(), exec_cfg: ExecConfig = ExecConfig(),
+                 *, should_stop: ShouldStop = None) -> dict[str, Any]:
+    """Add the evaluation ``ev`` to a finished distillation (never distils); returns its row."""
+    t_start = time.perf_counter()
+    run_dir = Path(run_dir)
+    cfg = rundir.read_config(run_dir)
+    if cfg is None:
+        raise RunDirError(f"{run_dir} is not an hpcdd run dir (no run.json / config.yaml)")
+    if not rundir.is_done(run_dir):
+        raise RunDirError(f"{run_dir} has not finished distilling; run 'hpcdd distill' (or the sweep) first")
+    cfg = resolve(cfg)
+    ev = resolve_eval(ev, cfg)
+    if rundir.eval_done(run_dir, eval_id(ev)):
+        return rundir.read_result(run_dir, eval_id(ev))
+    ctx = _setup(cfg, [ev], exec_cfg, t_start)
+    with rundir.lock(run_dir):
+        clean_stale_tmp(run_dir, recursive=True)
+        source, meta = _load_artefact(cfg, run_dir)
+        return _evaluate(cfg, ev, run_dir, source, meta, ctx, should_stop)
+
+
+# ----------------------------------------------------------------------------------------------
+# set-up
+
+
+def _setup(cfg: RunConfig, evals: Sequence[EvalConfig], exec_cfg: ExecConfig, t_start: float) -> _Context:
+    check_names(cfg, evals)
+    tune_malloc()
+    threads = exec_cfg.threads or _slurm_cpus()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    accelerator = make_accelerator(exec_cfg.deterministic)
+    prov = provenance(accelerator.device)  # the code that runs: taken now, not at the end
+    data = load_dataset(cfg.dataset, root=exec_cfg.data_root, download=exec_cfg.download, im_size=cfg.im_size)
+    info = data.info
+    for name in {cfg.net, *(m for ev in evals for m in ev.models)}:  # net/image-size mismatch: now
+        build_net(name, info.channels, info.num_classes, info.im_size)
+    smallest = min(len(idx) for idx in data.train.class_indices)
+    for ipc in {cfg.ipc, *(effective_ipc(cfg, ev) for ev in evals)} - {None}:
+        if ipc > smallest and METHODS.get(cfg.method).output == "images":
+            raise ConfigError(f"ipc {ipc} exceeds the smallest class of {cfg.dataset} "
                               f"({smallest} training images)")
-        syn, seconds = _distill(cfg, run_dir, data, accelerator, exec_cfg, should_stop)
-        if not evaluate:
-            return None
-        return _evaluate_and_record(cfg, run_dir, syn, data, accelerator.device, seconds, exec_cfg,
-                                    prov, should_stop)
+    return _Context(accelerator, data, prov, exec_cfg, t_start)
 
 
-def _distill(cfg, run_dir, data, accelerator, exec_cfg, should_stop) -> tuple[SyntheticSet, float]:
-    rid = run_id(cfg)
-    synset_path = run_dir / "synset.pt"
-    previous = try_torch_load(synset_path)
-    if isinstance(previous, dict) and previous.get("run_id") == rid and "images" in previous:
-        log(run_dir, "synset.pt present; skipping distillation")
-        return SyntheticSet.from_state_dict(previous), float(previous.get("distill_seconds", 0.0))
-    sampler = SAMPLERS.get(cfg.sampler)(data.train, cfg.seed)
-    distiller = METHODS.get(cfg.method)(cfg, data.train, accelerator, sampler)
-    write_config(cfg, run_dir)  # only now: the config has loaded data and built its nets
-    ckpt_dir = run_dir / "checkpoint"
-    state = load_latest(ckpt_dir, rid)
-    start, elapsed = 0, 0.0
-    if state is not None:
-        distiller.load_state_dict(state["distiller"])
-        sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
-        start, elapsed = int(state["it"]), float(state["distill_seconds"])
-        _truncate_metrics(run_dir / "metrics.jsonl", start)
-        log(run_dir, f"resumed at iteration {start}")
-        append_line(run_dir / "metrics.jsonl", json.dumps({"event": "resume", "it": start}))
-    else:
-        log(run_dir, f"start run {rid}: {cfg.method} on {cfg.dataset} ipc {cfg.ipc}, {cfg.iterations} iterations")
-
-    def checkpoint(it: int, seconds: float) -> None:
-        save_checkpoint(ckpt_dir, it, {
-            "run_id": rid, "distiller": distiller.state_dict(), "sampler": sampler.state_dict(),
-            "torch_rng": torch.get_rng_state(), "distill_seconds": seconds,
-        })
-
-    t0 = time.perf_counter() - elapsed
-    bar = tqdm(range(start, cfg.iterations), desc=f"{cfg.method} {rid}", disable=not exec_cfg.progress,
-               initial=start, total=cfg.iterations)
-    for it in bar:
-        metrics = distiller.step(it)
-        loss = metrics.get("loss", 0.0)
-        if not math.isfinite(loss):
-            msg = f"non-finite loss ({loss}) at iteration {it}; the last good checkpoint is kept in {ckpt_dir}"
-            log(run_dir, msg)
-            raise NonFiniteLossError(msg)
-        append_line(run_dir / "metrics.jsonl", json.dumps({"it": it, **metrics}))
-        bar.set_postfix(loss=f"{loss:.4g}")
-        done_its = it + 1
-        if exec_cfg.eval_every and done_its % exec_cfg.eval_every == 0:
-            _quick_eval(cfg, run_dir, distiller.synthetic(), data, accelerator.device, done_its)
-        stop = should_stop is not None and should_stop()
-        if stop or done_its % exec_cfg.checkpoint_every == 0:
-            checkpoint(done_its, time.perf_counter() - t0)
-            log(run_dir, f"checkpoint at iteration {done_its}")
-        if stop and done_its < cfg.iterations:
-            log(run_dir, f"stopping after iteration {done_its} (preemption/timeout)")
-            raise Interrupted(done_its)
-    seconds = time.perf_counter() - t0
-    syn = distiller.synthetic()
-    if not torch.isfinite(syn.images).all():
-        msg = f"the distilled images contain NaN/Inf; not saved (checkpoints kept in {ckpt_dir})"
-        log(run_dir, msg)
-        raise NonFiniteLossError(msg)
-    atomic_torch_save(synset_path, {
-        **syn.state_dict(), "run_id": rid, "distill_seconds": seconds,
-        "info": dataclasses.asdict(data.info),
-    })
-    log(run_dir, f"distillation finished in {seconds:.1f}s; synset.pt written")
-    return syn, seconds
+def _slurm_cpus() -> int | None:
+    """``SLURM_CPUS_PER_TASK`` under sbatch/srun, so a plain ``hpcdd run`` uses its allocation."""
+    try:
+        value = int(os.environ.get("SLURM_CPUS_PER_TASK", ""))
+    except ValueError:
+        return None
+    return value if value > 0 else None
 
 
-def _truncate_metrics(path: Path, start: int) -> None:
-    """Drop metric rows logged after the checkpoint we resume from (they will be redone).
-
-    Loss rows carry the iteration index (``it < start`` were done); eval rows carry the number
-    of completed iterations (``it <= start`` were done).
-    """
-    rows = [r for r in read_jsonl(path)
-            if int(r.get("it", 0)) < start or ("eval_acc" in r and int(r["it"]) == start)]
-    if path.exists():
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+def slurm_ids() -> dict[str, str]:
+    """The Slurm job and array task running this process (empty outside Slurm)."""
+    keys = {"slurm_job_id": "SLURM_JOB_ID", "slurm_array_job_id": "SLURM_ARRAY_JOB_ID",
+            "slurm_array_task_id": "SLURM_ARRAY_TASK_ID"}
+    return {k: os.environ[v] for k, v in keys.items() if os.environ.get(v)}
 
 
-def _quick_eval(cfg, run_dir, syn, data, device, it: int) -> None:
-    """One model, 100 epochs: a cheap accuracy-vs-iterations signal for metrics.jsonl."""
-    model = cfg.eval_models[0]
-    res = evaluate_synset(syn, data.test, data.info, cfg, device, models=(model,), n=1, epochs=100,
-                          purpose=f"quick-{it}", progress=False)
-    append_line(run_dir / "metrics.jsonl", json.dumps(
-        {"it": it, "eval_acc": res[model]["acc_mean"], "eval_model": model, "eval_epochs": 100}))
+# ----------------------------------------------------------------------------------------------
+# distillation
 
 
-def _evaluate_and_record(cfg, run_dir, syn, data, device, distill_seconds, exec_cfg, prov,
-                         should_stop=None) -> dict[str, Any]:
-    rid = run_id(cfg)
+def _distilled(cfg: RunConfig, rid: str, run_dir: Path, ctx: _Context,
+               should_stop: ShouldStop) -> tuple[Source, dict[str, Any]]:
+    """The run's artefact: loaded if the distillation is done, else distilled now."""
+    if rundir.is_done(run_dir):
+        rundir.log(run_dir, "distillation done; loading its artefact")
+        return _load_artefact(cfg, run_dir)
+    artefacts = _prerequisites(cfg, run_dir, ctx, should_stop)
+    method = METHODS.get(cfg.method)
     t0 = time.perf_counter()
-    per_arch = evaluate_synset(syn, data.test, data.info, cfg, device, progress=exec_cfg.progress,
-                               should_stop=should_stop)
+    sampler_spec = SAMPLERS.get(cfg.sampler)
+    sampler = load_impl(sampler_spec.impl)(
+        ctx.data.train, cfg.seed, from_dict(sampler_spec.params, cfg.sampler_params, where="sampler"))
+    distiller = load_impl(method.impl)(cfg, ctx.data.train, ctx.accelerator, sampler, artefacts)
+    build_seconds = time.perf_counter() - t0  # coreset selection happens here
+    if not (run_dir / rundir.CHECKPOINTS).exists():
+        rundir.log(run_dir, f"start run {rid}: {cfg.method} on {cfg.dataset}"
+                   + (f" ipc {cfg.ipc}" if cfg.ipc else "") + f", {cfg.iterations} iterations")
+    job = _WithSampler(distiller, sampler)
+    quick = _quick_eval_hook(cfg, run_dir, distiller, ctx)
+    if quick is not None and not any(r.get("it") == 0 and "eval_acc" in r
+                                     for r in read_jsonl(run_dir / rundir.METRICS)):
+        quick(0)  # the accuracy at initialisation
+    loop_seconds, _ = run_steps(job, total=cfg.iterations, run_dir=run_dir, ident=rid, exec_cfg=ctx.exec_cfg,
+                                should_stop=should_stop, desc=f"{cfg.method} {rid}", after_step=quick)
+    source = distiller.source()
+    meta = {"run_id": rid, "info": dataclasses.asdict(ctx.data.info), "output": method.output}
+    _check_finite(source, run_dir)
+    atomic_torch_save(rundir.artefact_path(run_dir, method.output), {**source.state_dict(), **meta})
+    seconds = build_seconds + loop_seconds
+    timing = {"distill_seconds": round(seconds, 3), "iterations_done": cfg.iterations,
+              "sampler": sampler.info(), "finished_at": now_utc()}
+    atomic_write_json(run_dir / rundir.DONE, {"run_id": rid, **timing})
+    rundir.log(run_dir, f"distillation finished in {seconds:.1f}s; {rundir.ARTEFACT_FILES[method.output]} written")
+    return source, {**meta, **timing}
+
+
+class _WithSampler:
+    """The distiller and its sampler, stepped and checkpointed as one job."""
+
+    def __init__(self, distiller: Any, sampler: Any) -> None:
+        self.distiller, self.sampler = distiller, sampler
+
+    def step(self, it: int) -> dict[str, float]:
+        return self.distiller.step(it)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"distiller": self.distiller.state_dict(), "sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.distiller.load_state_dict(state["distiller"])
+        self.sampler.load_state_dict(state["sampler"])
+
+
+def _check_finite(source: Source, run_dir: Path) -> None:
+    bad = [k for k, v in source.state_dict().items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        msg = (f"the distilled artefact contains NaN/Inf ({', '.join(bad)}); not saved "
+               f"(checkpoints kept in {run_dir / rundir.CHECKPOINTS})")
+        rundir.log(run_dir, msg)
+        raise NonFiniteLossError(msg)
+
+
+def _load_artefact(cfg: RunConfig, run_dir: Path) -> tuple[Source, dict[str, Any]]:
+    output = METHODS.get(cfg.method).output
+    source, state = load_source(rundir.artefact_path(run_dir, output), output)
+    done = try_load_json(run_dir / rundir.DONE)
+    timing = done if isinstance(done, dict) else {}
+    return source, {"info": state.get("info"), "output": output, **timing}
+
+
+def _prerequisites(cfg: RunConfig, run_dir: Path, ctx: _Context, should_stop: ShouldStop) -> dict[str, Path]:
+    """Build (in this process) or reuse each prerequisite; record which were used."""
+    refs = prerequisites(cfg)
+    if not refs:
+        return {}
+    dirs: dict[str, Path] = {}
+    for ref in refs:
+        dirs[ref.role or ref.kind] = prereq.build(ref, ctx.exec_cfg, accelerator=ctx.accelerator,
+                                                  should_stop=should_stop)
+        rundir.log(run_dir, f"prerequisite {ref.kind} {prereq_id(ref)}: {dirs[ref.role or ref.kind]}")
+    atomic_write_json(run_dir / rundir.PREREQS, {role: str(p) for role, p in dirs.items()})
+    return dirs
+
+
+def _quick_eval_hook(cfg: RunConfig, run_dir: Path, distiller: Any, ctx: _Context) -> Callable[[int], None] | None:
+    """One model, 100 epochs, every ``eval_every`` iterations: an accuracy-vs-iterations curve."""
+    every = ctx.exec_cfg.eval_every
+    if not every:
+        return None
+    model = "convnet3" if cfg.net.startswith("convnet") else cfg.net
+    ev = EvalConfig(models=(model,), n=1, epochs=100)
+
+    def hook(done: int) -> None:
+        if done % every and done != 0:
+            return
+        from hpcdd.sources import ImageSource
+
+        source = ImageSource(distiller.synthetic(cfg.ipc or 10))
+        res = evaluate_source(source, ctx.data.test, ctx.data.info, ev, seed=cfg.seed, dataset=cfg.dataset,
+                              ipc=None, device=ctx.accelerator.device, purpose=f"quick-{done}",
+                              progress=False)
+        append_line(run_dir / rundir.METRICS, json.dumps(
+            {"it": done, "eval_acc": res[model]["acc_mean"], "eval_model": model, "eval_epochs": 100}))
+
+    return hook
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation
+
+
+def _evaluate(cfg: RunConfig, ev: EvalConfig, run_dir: Path, source: Source, meta: dict[str, Any],
+              ctx: _Context, should_stop: ShouldStop) -> dict[str, Any]:
+    eid = eval_id(ev)
+    out = rundir.eval_dir(run_dir, eid)
+    if rundir.eval_done(run_dir, eid):
+        return rundir.read_result(run_dir, eid)
+    ipc = effective_ipc(cfg, ev)
+    where = str(rundir.artefact_path(run_dir, meta["output"]))
+    check_synset(source.sample(ipc, generator(cfg.seed, "check")), ctx.data.info, where)  # before any file
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / rundir.CONFIG).exists():
+        atomic_write_yaml(out / rundir.CONFIG, to_dict(ev))
+    finished = _finished_models(run_dir, eid, ev)
+    if finished:
+        rundir.log(run_dir, f"evaluation {eid}: resuming with {len(finished)} model(s) already done")
+    t0 = time.perf_counter()
+
+    def saved(arch: str, k: int, acc: float) -> None:
+        atomic_write_json(rundir.model_file(run_dir, eid, arch, k),
+                          {"arch": arch, "k": k, "acc": acc, "finished_at": now_utc()})
+        rundir.log(run_dir, f"evaluation {eid}: {arch} model {k + 1}/{ev.n} acc {acc:.4f}")
+
+    per_arch = evaluate_source(
+        source, ctx.data.test, ctx.data.info, ev, seed=cfg.seed, dataset=cfg.dataset, ipc=ipc,
+        device=ctx.accelerator.device, finished=finished, on_model=saved, progress=ctx.exec_cfg.progress,
+        should_stop=should_stop, where=where)
     row = {
-        "run_id": rid, "protocol": cfg.protocol, **to_dict(cfg), **flat_metrics(per_arch),
-        "distill_seconds": round(distill_seconds, 3), "eval_seconds": round(time.perf_counter() - t0, 3),
-        "peak_rss_mb": round(peak_memory_mb(device), 1), "iterations_done": cfg.iterations,
-        **prov, "finished_at": now_utc(),
+        "run_id": run_id(cfg), "eval_id": eid, "protocol": ev.protocol, **flat_run(cfg), "ipc": ipc,
+        **eval_flat(ev), **flat_metrics(per_arch),
+        "distill_seconds": meta.get("distill_seconds"), "eval_seconds": round(time.perf_counter() - t0, 3),
+        "wall_seconds": round(time.perf_counter() - ctx.t_start, 3),
+        "peak_rss_mb": round(peak_memory_mb(ctx.accelerator.device), 1),
+        "iterations_done": meta.get("iterations_done"), **_sampler_columns(meta),
+        **slurm_ids(), **ctx.prov, "finished_at": now_utc(),
     }
-    atomic_write_json(run_dir / "result.json", row)
-    atomic_write_text(run_dir / "done", rid + "\n")
-    log(run_dir, f"done: {cfg.protocol} acc {row['acc_mean']:.4f} +- {row['acc_std']:.4f}")
+    atomic_write_json(out / rundir.RESULT, row)
+    rundir.mark_done(out, eid)
+    rundir.log(run_dir, f"evaluation {eid} done: {ev.protocol} acc {row['acc_mean']:.4f} +- {row['acc_std']:.4f}")
     return row
 
 
-def evaluate_run(run_dir: str | Path, exec_cfg: ExecConfig = ExecConfig()) -> dict[str, Any]:
-    """Evaluate an existing run dir's ``synset.pt`` by its config; writes result.json + done."""
-    run_dir = Path(run_dir)
-    cfg = read_config(run_dir)
-    if cfg is None:
-        raise RunDirError(f"{run_dir} is not an hpcdd run dir (no config.yaml)")
-    cfg = resolve(cfg)
-    state = load_synset(run_dir)
-    syn = SyntheticSet.from_state_dict(state)
-    tune_malloc()
-    with run_dir_lock(run_dir):
-        accelerator = make_accelerator(exec_cfg.deterministic)
-        prov = provenance(accelerator.device)
-        data = load_dataset(cfg.dataset, root=exec_cfg.data_root, download=exec_cfg.download,
-                            im_size=cfg.im_size)
-        return _evaluate_and_record(cfg, run_dir, syn, data, accelerator.device,
-                                    float(state.get("distill_seconds", 0.0)), exec_cfg, prov)
+def _finished_models(run_dir: Path, eid: str, ev: EvalConfig) -> dict[tuple[str, int], float]:
+    out = {}
+    for arch in ev.models:
+        for k in range(ev.n):
+            data = try_load_json(rundir.model_file(run_dir, eid, arch, k))
+            if isinstance(data, dict) and isinstance(data.get("acc"), (int, float)):
+                out[(arch, k)] = float(data["acc"])
+    return out
+
+
+def _sampler_columns(meta: dict[str, Any]) -> dict[str, Any]:
+    info = meta.get("sampler") or {}
+    return {f"sampler_{k}": v for k, v in info.items()}
+
+
+__all__ = ["run_one", "evaluate_run", "slurm_ids"]

@@ -8,13 +8,18 @@ from pathlib import Path
 import torch
 import yaml
 
-from hpcdd.config import ExecConfig, RunConfig
+from hpcdd.catalog import configs_from_flat
+from hpcdd.config import EvalConfig, ExecConfig, RunConfig
 
-TINY = dict(dataset="digits", ipc=2, iterations=6, batch_real=16, eval_epochs=2, eval_n=1)
+TINY = dict(dataset="digits", ipc=2, iterations=6, batch_real=16)
+TINY_EVAL = EvalConfig(epochs=2, n=1)
+"""A 2-epoch, 1-model evaluation (protocol dc2)."""
 
 
 def tiny(**kw) -> RunConfig:
-    return RunConfig(**{**TINY, **kw})
+    """A tiny run config from flat keys (method parameters by name, e.g. lr_img=...)."""
+    run, _ = configs_from_flat({**TINY, **kw}, where="test")
+    return run
 
 
 QUIET = ExecConfig(progress=False, checkpoint_every=2)
@@ -23,6 +28,15 @@ QUIET = ExecConfig(progress=False, checkpoint_every=2)
 def synset(run_dir: Path) -> dict:
     """A run dir's saved synthetic set."""
     return torch.load(Path(run_dir) / "synset.pt", weights_only=True)
+
+
+def result(run_dir: Path, ev: EvalConfig = TINY_EVAL) -> dict:
+    """The result row of one evaluation of a run dir."""
+    import json
+
+    from hpcdd.catalog import eval_id
+
+    return json.loads((Path(run_dir) / "eval" / eval_id(ev) / "result.json").read_text())
 
 
 def write_grid(path: Path, data: dict) -> str:

@@ -19,6 +19,10 @@ up). It must run as root; on a fresh machine the first call also apt-installs
 Slurm, munge and mariadb (~35 s). The cluster is left running after the tests.
 State lives in ``$HPCDD_SLURM_DIR`` (default ``~/.hpcdd-slurm``).
 
+The test cluster advertises ``HPCDD_SLURM_CPUS`` (default ``TEST_CPUS`` = 8) CPUs, more than
+this 2-core machine has, so that every task of a 4-task array runs at once; ``slurm/start.sh``
+alone advertises the machine's real core count.
+
 ``ensure_cluster(max_array_size=N)`` restarts slurmctld/slurmd with
 ``MaxArraySize=N`` (~4 s) so a test can exercise array chunking; call
 ``ensure_cluster()`` afterwards to return to the default (1001).
@@ -34,6 +38,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 START = REPO / "slurm" / "start.sh"
 STOP = REPO / "slurm" / "stop.sh"
+
+
+TEST_CPUS = "8"
+"""CPUs the test cluster advertises (``HPCDD_SLURM_CPUS``) unless the environment sets it."""
 
 
 class SlurmClusterError(RuntimeError):
@@ -65,6 +73,9 @@ def ensure_cluster(max_array_size: int | None = None, timeout: float = 900) -> d
     env.pop("SLURM_CONF", None)
     if max_array_size is not None:
         env["HPCDD_SLURM_MAX_ARRAY"] = str(int(max_array_size))
+    # start.sh advertises the machine's cores; the tests need 4 one-thread tasks running at once
+    # (preemption of every task of an array), so they ask for more, explicitly
+    env.setdefault("HPCDD_SLURM_CPUS", TEST_CPUS)
     key = env.get("HPCDD_SLURM_MAX_ARRAY", "")
     with _lock:
         if _applied is not None and _applied[0] == key:

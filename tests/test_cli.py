@@ -4,8 +4,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from hpcdd.catalog import eval_id
 from hpcdd.cli import build_parser, main
+from hpcdd.config import EvalConfig
 from hpcdd.run import run_one
 
 from helpers import QUIET, tiny
@@ -60,14 +63,14 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, flags, words):
     code, _, err = run_cli(capsys, "distill", *TINY_FLAGS, *flags, "--out", str(out_dir))
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and words in err, err
-    assert not out_dir.exists() or not any(out_dir.iterdir())
+    assert not out_dir.exists()  # nothing created for rejected input
 
 
 def test_config_file_with_wrong_type(capsys, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("dataset: digits\nipc: [1, 2]\n")
     code, _, err = run_cli(capsys, "distill", "--config", str(cfg), "--out", str(tmp_path / "r"))
-    assert code == 2 and "'ipc' must be int" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "'ipc' must be int" in err and len(err.strip().splitlines()) == 1, err
     cfg.write_text("dataset: digits\nexec: {checkpoint_every: often}\n")
     code, _, err = run_cli(capsys, "run", str(cfg), "--out", str(tmp_path / "r"))
     assert code == 2 and "checkpoint_every" in err
@@ -79,27 +82,40 @@ def test_unwritable_out_dir(capsys, tmp_path):
     assert code == 2 and "cannot write to run dir" in err
 
 
+EVAL1 = eval_id(EvalConfig(epochs=1, n=1))
+
+
 def test_existing_run_is_not_overwritten_unless_asked(capsys, tmp_path):
     out = tmp_path / "r"
     assert run_cli(capsys, "distill", *TINY_FLAGS, "--method", "random", "--out", str(out))[0] == 0
-    before = (out / "result.json").read_text()
+    result = out / "eval" / EVAL1 / "result.json"
+    before = result.read_text()
     code, _, err = run_cli(capsys, "distill", *TINY_FLAGS, "--method", "random", "--seed", "3", "--out", str(out))
-    assert code == 2 and "different run" in err
-    assert (out / "result.json").read_text() == before
+    assert code == 2 and "different run" in err and len(err.strip().splitlines()) == 1
+    assert result.read_text() == before
     code, _, _ = run_cli(capsys, "distill", *TINY_FLAGS, "--method", "random", "--seed", "3", "--out", str(out),
                          "--overwrite")
-    assert code == 0 and (out / "result.json").read_text() != before
+    assert code == 0 and result.read_text() != before
+
+
+def test_finished_run_prints_its_result_again(capsys, tmp_path):
+    out = tmp_path / "r"
+    assert run_cli(capsys, "distill", *TINY_FLAGS, "--method", "random", "--out", str(out))[0] == 0
+    code, text, err = run_cli(capsys, "distill", *TINY_FLAGS, "--method", "random", "--out", str(out))
+    assert code == 0 and "acc (%)" in text and err == ""
 
 
 def test_corrupt_checkpoint_is_exit_2(capsys, tmp_path):
     out = tmp_path / "r"
     run_one(tiny(), out, QUIET, evaluate=False)
     (out / "synset.pt").unlink()
+    (out / "done").unlink()
     for p in (out / "checkpoint").iterdir():
         p.write_bytes(b"not a checkpoint")
-    code, _, err = run_cli(capsys, "distill", "--dataset", "digits", "--ipc", "2", "--iterations", "6",
-                           "--batch-real", "16", "--eval-epochs", "2", "--eval-n", "1", "--out", str(out))
-    assert code == 2 and "no readable checkpoint" in err
+    with pytest.warns(UserWarning):
+        code, _, err = run_cli(capsys, "distill", "--dataset", "digits", "--ipc", "2", "--iterations", "6",
+                               "--batch-real", "16", "--eval-epochs", "2", "--eval-n", "1", "--out", str(out))
+    assert code == 2 and "no usable checkpoint" in err
 
 
 def test_show_and_evaluate(capsys, tmp_path):
@@ -107,13 +123,13 @@ def test_show_and_evaluate(capsys, tmp_path):
     assert run_cli(capsys, "distill", *TINY_FLAGS, "--no-eval", "--out", str(out))[0] == 0
     code, text, _ = run_cli(capsys, "show", str(out))
     assert code == 0 and "not evaluated" in text and (out / "synset.png").stat().st_size > 0
-    code, text, _ = run_cli(capsys, "evaluate", str(out), "--no-progress")
-    assert code == 0 and "dc1" in text and (out / "done").exists()
+    code, text, _ = run_cli(capsys, "evaluate", str(out), "--eval-epochs", "1", "--eval-n", "1", "--no-progress")
+    assert code == 0 and "dc1" in text and (out / "eval" / EVAL1 / "done").exists()
     code, text, _ = run_cli(capsys, "show", str(out), "-o", str(tmp_path / "g.png"))
     assert code == 0 and "acc (%)" in text and (tmp_path / "g.png").exists()
     (out / "synset.pt").write_bytes(b"junk")
-    code, _, err = run_cli(capsys, "evaluate", str(out))
-    assert code == 2 and "corrupt" in err
+    code, _, err = run_cli(capsys, "evaluate", str(out), "--eval-epochs", "2")
+    assert code == 2 and "corrupt" in err and len(err.strip().splitlines()) == 1
 
 
 def test_every_torch_load_is_weights_only():
@@ -154,3 +170,36 @@ def test_sigusr2_checkpoints_and_exits_3_then_resumes(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert f"resumed at iteration {stopped_at}" in (out / "log.txt").read_text()
+
+
+def test_kill_9_loses_at_most_the_time_floor(tmp_path):
+    """A node failure runs no handler: with fewer iterations than checkpoint_every, only the
+    time floor (checkpoint_minutes) has written checkpoints, and the rerun resumes from one."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "r"
+    argv = [sys.executable, "-m", "hpcdd.cli", "distill", "--dataset", "digits", "--ipc", "1",
+            "--iterations", "60", "--batch-real", "8", "--no-eval", "--checkpoint-every", "100000",
+            "--checkpoint-minutes", "0.01", "--no-progress", "--threads", "1", "--out", str(out)]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    ckpts = out / "checkpoint"
+    deadline = time.monotonic() + 180
+    while not (ckpts.exists() and any(ckpts.glob("ckpt-*.pt"))) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    saved = sorted(int(p.name[5:13]) for p in ckpts.glob("ckpt-*.pt"))
+    assert saved and saved[-1] < 60
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    resumed = [int(l.rsplit(" ", 1)[1]) for l in (out / "log.txt").read_text().splitlines()
+               if "resumed at iteration" in l]
+    assert resumed and resumed[0] >= saved[0] > 0
+    ref = tmp_path / "ref"
+    assert subprocess.run([*argv[:-1], str(ref)], capture_output=True, timeout=600).returncode == 0
+    a = torch.load(out / "synset.pt", weights_only=True)["images"]
+    b = torch.load(ref / "synset.pt", weights_only=True)["images"]
+    assert torch.equal(a, b)

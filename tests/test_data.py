@@ -425,3 +425,34 @@ def test_imagefolder_undecodable_image(tmp_path: Path) -> None:
         load_dataset("imagefolder", root=str(tmp_path), im_size=8)
     assert not (tmp_path / ".hpcdd_cache" / "train_8.json").exists()
     assert not [p for p in (tmp_path / ".hpcdd_cache").iterdir() if p.suffix == ".tmp"]
+
+
+STATS_AT = """
+import sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+from hpcdd.data.base import channel_stats
+g = torch.Generator().manual_seed(0)
+x = torch.randint(0, 256, (20000, 3, 32, 32), generator=g, dtype=torch.uint8)
+print(repr(channel_stats(x)))
+from hpcdd.data import load_dataset
+print(repr(load_dataset("digits").info.mean), repr(load_dataset("digits").info.std))
+"""
+
+
+def test_normalisation_statistics_do_not_depend_on_the_thread_count() -> None:
+    """Exact integer sums: the same mean/std, bit for bit, at 1 and 2 torch threads (a float
+    reduction's order depends on the thread count, and with it every normalised image)."""
+    import subprocess
+    import sys
+
+    outs = [subprocess.run([sys.executable, "-c", STATS_AT, str(t)], capture_output=True, text=True,
+                           check=True).stdout for t in (1, 2)]
+    assert outs[0] == outs[1] and outs[0].strip()
+    mean, std = eval(outs[0].splitlines()[0])
+    x = torch.randint(0, 256, (20000, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    count = 20000 * 32 * 32
+    exact = tuple(int(x[:, c].to(torch.int64).sum()) / (count * 255) for c in range(3))  # correctly rounded
+    assert mean == exact
+    ref = x.to(torch.float64).div(255)
+    torch.testing.assert_close(torch.tensor(std, dtype=torch.float64), ref.std(dim=(0, 2, 3), unbiased=False),
+                               rtol=1e-12, atol=0)

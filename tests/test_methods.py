@@ -4,25 +4,28 @@ and DM's batched forward equals the official per-class loop."""
 import pytest
 import torch
 
-from hpcdd.config import resolve
+from hpcdd.catalog import resolve
+from hpcdd.config import from_dict
 from hpcdd.data import load_dataset
-from hpcdd.distill import METHODS
 from hpcdd.distill.coreset import herding, kcenter
 from hpcdd.runtime.accel import make_accelerator
 from hpcdd.seeding import fresh_net
-from hpcdd.select import SAMPLERS
+from hpcdd.specs import METHODS, SAMPLERS, load_impl
 
 from helpers import tiny
+
+IMAGE_METHODS = [m for m in METHODS.names() if METHODS.get(m).output == "images" and not METHODS.get(m).prerequisites]
 
 
 def make(method, **kw):
     cfg = resolve(tiny(method=method, **kw))
     data = load_dataset(cfg.dataset)
-    sampler = SAMPLERS.get(cfg.sampler)(data.train, cfg.seed)
-    return cfg, data, METHODS.get(cfg.method)(cfg, data.train, make_accelerator(), sampler)
+    spec = SAMPLERS.get(cfg.sampler)
+    sampler = load_impl(spec.impl)(data.train, cfg.seed, from_dict(spec.params, cfg.sampler_params))
+    return cfg, data, load_impl(METHODS.get(cfg.method).impl)(cfg, data.train, make_accelerator(), sampler)
 
 
-@pytest.mark.parametrize("method", METHODS.names())
+@pytest.mark.parametrize("method", IMAGE_METHODS)
 def test_every_method_smoke(method):
     cfg, data, d = make(method)
     for it in range(cfg.iterations):

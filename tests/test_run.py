@@ -1,16 +1,19 @@
-"""run_one: atomic checkpoints, bit-identical resume, run-dir safety, result.json."""
+"""run_one: atomic checkpoints, bit-identical resume, run-dir safety, evaluations as their own
+stage (result rows, per-model resume)."""
 
 import json
 
 import pytest
 import torch
 
-from hpcdd.config import resolve, run_id
+from hpcdd.catalog import eval_id, resolve, run_id
+from hpcdd.config import EvalConfig
 from hpcdd.errors import CheckpointError, NonFiniteLossError, RunDirError
-from hpcdd.run import Interrupted, evaluate_run, run_one
+from hpcdd.run import evaluate_run, run_one
 from hpcdd.runtime.checkpoint import checkpoint_files
+from hpcdd.runtime.preempt import Interrupted
 
-from helpers import QUIET, synset, tiny
+from helpers import QUIET, TINY_EVAL, result, synset, tiny
 
 
 def stop_after(n):
@@ -59,24 +62,74 @@ def test_all_checkpoints_corrupt_is_a_clear_error(tmp_path):
         run_one(tiny(), tmp_path, QUIET, evaluate=False, should_stop=stop_after(1))
     for _, p in checkpoint_files(tmp_path / "checkpoint"):
         p.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="no readable checkpoint"):
+    with pytest.raises(CheckpointError, match="no usable checkpoint"), pytest.warns(UserWarning):
         run_one(tiny(), tmp_path, QUIET, evaluate=False)
 
 
 def test_result_json_schema_and_done_last(tmp_path):
-    row = run_one(tiny(method="random"), tmp_path, QUIET)
-    on_disk = json.loads((tmp_path / "result.json").read_text())
-    assert on_disk == row
-    assert (tmp_path / "done").read_text().strip() == row["run_id"] == run_id(resolve(tiny(method="random")))
+    [row] = run_one(tiny(method="random"), tmp_path, QUIET, evals=[TINY_EVAL])
+    eid = eval_id(TINY_EVAL)
+    assert result(tmp_path) == row and row["eval_id"] == eid
+    assert json.loads((tmp_path / "done").read_text())["run_id"] == row["run_id"] == run_id(resolve(tiny(method="random")))
+    assert (tmp_path / "eval" / eid / "done").read_text().strip() == eid
     for key in ("acc_mean", "acc_std", "accs", "acc_mean__convnet3", "protocol", "method", "ipc",
-                "seed", "git_commit", "distill_seconds", "eval_seconds", "peak_rss_mb"):
+                "seed", "git_commit", "distill_seconds", "eval_seconds", "wall_seconds", "peak_rss_mb",
+                "eval_epochs", "eval_models", "run_id", "eval_id"):
         assert key in row
     assert row["protocol"] == "dc2" and 0.0 <= row["acc_mean"] <= 1.0
     # idempotent: a done run returns its row without recomputing
-    assert run_one(tiny(method="random"), tmp_path, QUIET) == row
-    # evaluate again from synset.pt gives the same accuracy (deterministic eval)
-    again = evaluate_run(tmp_path, QUIET)
-    assert again["accs"] == row["accs"]
+    assert run_one(tiny(method="random"), tmp_path, QUIET, evals=[TINY_EVAL]) == [row]
+    assert "distill_seconds" not in synset(tmp_path)  # the artefact holds no timing: bit-identical files
+
+
+def test_adding_an_evaluation_does_not_redistill(tmp_path):
+    run_one(tiny(), tmp_path, QUIET, evals=[TINY_EVAL])
+    before = (tmp_path / "synset.pt").read_bytes()
+    log_lines = len((tmp_path / "log.txt").read_text().splitlines())
+    second = EvalConfig(models=("convnet3", "mlp"), epochs=3, n=2)
+    row = evaluate_run(tmp_path, second, QUIET)
+    assert row["eval_id"] == eval_id(second) != eval_id(TINY_EVAL)
+    assert row["protocol"] == "dc3" and len(row["accs__mlp"]) == 2
+    assert (tmp_path / "synset.pt").read_bytes() == before
+    new_log = (tmp_path / "log.txt").read_text().splitlines()[log_lines:]
+    assert new_log and not any("iteration" in line or "start run" in line for line in new_log)
+    # evaluating the same config again is a no-op returning the same row
+    assert evaluate_run(tmp_path, second, QUIET) == row
+    from hpcdd.report.aggregate import aggregate
+
+    df, report = aggregate([tmp_path])
+    assert len(df) == 2 and set(df["eval_id"]) == {eval_id(TINY_EVAL), eval_id(second)}
+    assert set(df["run_id"]) == {row["run_id"]} and set(df["protocol"]) == {"dc2", "dc3"}
+    assert report.incomplete == ()
+
+
+def test_an_interrupted_evaluation_resumes_at_the_next_model(tmp_path):
+    run_one(tiny(method="random"), tmp_path, QUIET, evaluate=False)
+    ev = EvalConfig(epochs=3, n=3)
+    epochs_seen = {"n": 0}
+
+    def stop_after_first_model():  # asked once per epoch: stop at the first epoch of model 2
+        epochs_seen["n"] += 1
+        return epochs_seen["n"] > ev.epochs
+
+    with pytest.raises(Interrupted):
+        evaluate_run(tmp_path, ev, QUIET, should_stop=stop_after_first_model)
+    models = tmp_path / "eval" / eval_id(ev) / "models"
+    assert sorted(p.name for p in models.iterdir()) == ["convnet3-0.json"]
+    first = json.loads((models / "convnet3-0.json").read_text())["acc"]
+    row = evaluate_run(tmp_path, ev, QUIET)
+    assert "resuming with 1 model(s) already done" in (tmp_path / "log.txt").read_text()
+    assert row["accs"][0] == first and len(row["accs"]) == 3
+    fresh = tmp_path / "fresh"
+    run_one(tiny(method="random"), fresh, QUIET, evaluate=False)
+    assert evaluate_run(fresh, ev, QUIET)["accs"] == row["accs"]  # same numbers as uninterrupted
+
+
+def test_evaluate_refuses_a_run_that_is_not_distilled(tmp_path):
+    with pytest.raises(Interrupted):
+        run_one(tiny(), tmp_path, QUIET, evaluate=False, should_stop=stop_after(1))
+    with pytest.raises(RunDirError, match="has not finished distilling"):
+        evaluate_run(tmp_path, TINY_EVAL, QUIET)
 
 
 def test_refuses_a_different_run_in_the_same_dir(tmp_path):
@@ -100,32 +153,50 @@ def test_unwritable_run_dir(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
-    with pytest.raises(NonFiniteLossError, match="non-finite loss"):
-        run_one(tiny(lr_img=1e30, iterations=40), tmp_path, QUIET, evaluate=False)
-    assert not (tmp_path / "synset.pt").exists()
-    for _, p in checkpoint_files(tmp_path / "checkpoint"):
+    import dataclasses
+
+    with pytest.raises(NonFiniteLossError, match="no checkpoint had been written yet"):
+        run_one(tiny(lr_img=1e30, iterations=40), tmp_path / "a", QUIET, evaluate=False)
+    every = dataclasses.replace(QUIET, checkpoint_every=1)
+    with pytest.raises(NonFiniteLossError, match=r"the last good checkpoint \(iteration 1\) is kept"):
+        run_one(tiny(lr_img=1e30, iterations=40), tmp_path / "b", every, evaluate=False)
+    assert not (tmp_path / "b" / "synset.pt").exists()
+    for _, p in checkpoint_files(tmp_path / "b" / "checkpoint"):
         state = torch.load(p, weights_only=True)
-        assert torch.isfinite(state["distiller"]["images"]).all()
+        assert torch.isfinite(state["job"]["distiller"]["images"]).all()
 
 
 def test_overwrite_replaces_an_hpcdd_run_but_never_foreign_files(tmp_path):
     run_one(tiny(method="random"), tmp_path / "r", QUIET, evaluate=False)
     run_one(tiny(method="random", seed=2), tmp_path / "r", QUIET, evaluate=False, overwrite=True)
-    assert run_id(resolve(tiny(method="random", seed=2))) in (tmp_path / "r" / "synset.pt").read_bytes().decode("latin1")
+    assert synset(tmp_path / "r")["run_id"] == run_id(resolve(tiny(method="random", seed=2)))
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("precious")
     with pytest.raises(RunDirError, match="not an hpcdd run dir"):
         run_one(tiny(method="random"), tmp_path / "mine", QUIET, evaluate=False, overwrite=True)
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+    # a config.yaml that looks like a run's does not make a directory hpcdd's
+    (tmp_path / "mine" / "config.yaml").write_text("seed: 3\nmethod: random\n")
+    with pytest.raises(RunDirError, match="not an hpcdd run dir"):
+        run_one(tiny(method="random"), tmp_path / "mine", QUIET, evaluate=False, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["config.yaml", "thesis.tex"]
+
+
+def test_overwrite_deletes_only_hpcdd_files_of_a_run_dir(tmp_path):
+    run_one(tiny(method="random"), tmp_path, QUIET, evals=[TINY_EVAL])
+    (tmp_path / "notes.md").write_text("mine")
+    run_one(tiny(method="random", seed=2), tmp_path, QUIET, evaluate=False, overwrite=True)
+    assert (tmp_path / "notes.md").read_text() == "mine" and not (tmp_path / "eval").exists()
 
 
 def test_a_run_dir_is_locked_while_in_use(tmp_path):
-    from hpcdd.run import run_dir_lock
+    from hpcdd.rundir import lock
 
-    run_one(tiny(method="random"), tmp_path, QUIET, evaluate=False)
-    with run_dir_lock(tmp_path):
+    with pytest.raises(Interrupted):
+        run_one(tiny(), tmp_path, QUIET, evaluate=False, should_stop=stop_after(1))
+    with lock(tmp_path):
         with pytest.raises(RunDirError, match="in use"):
-            run_one(tiny(method="random"), tmp_path, QUIET, evaluate=False)
+            run_one(tiny(), tmp_path, QUIET, evaluate=False)
 
 
 def test_invalid_config_leaves_no_config_behind(tmp_path):
@@ -133,7 +204,7 @@ def test_invalid_config_leaves_no_config_behind(tmp_path):
 
     with pytest.raises(ConfigError):
         run_one(tiny(net="convnet4", im_size=8), tmp_path / "r", QUIET, evaluate=False)
-    assert not (tmp_path / "r" / "config.yaml").exists()
+    assert not (tmp_path / "r").exists()
 
 
 def test_ipc_larger_than_a_class_is_refused(tmp_path):
@@ -141,4 +212,39 @@ def test_ipc_larger_than_a_class_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="exceeds the smallest class"):
         run_one(tiny(method="kcenter", ipc=500), tmp_path / "r", QUIET, evaluate=False)
-    assert not (tmp_path / "r" / "config.yaml").exists()
+    assert not (tmp_path / "r").exists()  # nothing left behind, not even an empty dir
+
+
+def test_stale_temp_files_are_cleaned_at_start(tmp_path):
+    with pytest.raises(Interrupted):
+        run_one(tiny(), tmp_path, QUIET, evaluate=False, should_stop=stop_after(3))
+    stale = [tmp_path / ".synset.pt.abcd1234.tmp", tmp_path / "checkpoint" / ".ckpt-00000004.pt.x1y2z3w4.tmp"]
+    for p in stale:
+        p.write_bytes(b"half a checkpoint")
+    (tmp_path / "notes.tmp").write_text("mine")
+    run_one(tiny(), tmp_path, QUIET, evaluate=False)
+    assert not any(p.exists() for p in stale) and (tmp_path / "notes.tmp").read_text() == "mine"
+
+
+def test_a_checkpoint_that_cannot_be_restored_falls_back_to_the_previous(tmp_path, reference):
+    with pytest.raises(Interrupted):
+        run_one(tiny(), tmp_path, QUIET, evaluate=False, should_stop=stop_after(5))
+    newest = checkpoint_files(tmp_path / "checkpoint")[0][1]
+    state = torch.load(newest, weights_only=True)
+    state["job"]["distiller"]["images"] = state["job"]["distiller"]["images"][:, :, :5]  # wrong shape
+    torch.save(state, newest)
+    with pytest.warns(UserWarning, match="cannot be restored"):
+        run_one(tiny(), tmp_path, QUIET, evaluate=False)
+    assert "resumed at iteration 4" in (tmp_path / "log.txt").read_text()
+    assert torch.equal(synset(tmp_path)["images"], reference["images"])
+
+
+def test_a_malformed_metrics_row_does_not_block_resume(tmp_path, reference):
+    with pytest.raises(Interrupted):
+        run_one(tiny(), tmp_path, QUIET, evaluate=False, should_stop=stop_after(3))
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"it": "three", "loss": 1}\n{"it": [1]}\nnot json at all\n')
+    run_one(tiny(), tmp_path, QUIET, evaluate=False)
+    assert torch.equal(synset(tmp_path)["images"], reference["images"])
+    its = [r["it"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert its == list(range(6))

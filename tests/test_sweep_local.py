@@ -13,17 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpcdd.config import ExecConfig, RunConfig, from_dict, to_dict
+import hpcdd.run
+from hpcdd.catalog import configs_from_flat
+from hpcdd.config import ExecConfig, to_dict
 from hpcdd.errors import ConfigError
 from hpcdd.run import run_one
-from hpcdd.sweep.grid import load_grid
-from hpcdd.sweep import job as job_module
 from hpcdd.runtime.preempt import StopFlag
+from hpcdd.sweep.grid import load_grid
 from hpcdd.sweep.job import SweepJob
 from hpcdd.sweep.launch import execute, plan_launch
-from hpcdd.sweep.state import JobRecord, collect_states, write_job
+from hpcdd.sweep.state import JobRecord, Task, build_tasks, collect_states, write_job
 
-from helpers import sweep_cli, synset, write_grid
+from helpers import TINY_EVAL, result, sweep_cli, synset, write_grid
 
 TINY = {"dataset": "digits", "ipc": 1, "iterations": 6, "batch_real": 16, "net": "mlp",
         "eval_epochs": 2, "eval_n": 1}
@@ -64,8 +65,8 @@ def test_local_and_debug_give_identical_results(both):
     for rid in sweep.run_ids():
         a, b = synset(local / rid), synset(debug / rid)
         assert torch.equal(a["images"], b["images"]) and torch.equal(a["labels"], b["labels"])
-        ra = json.loads((local / rid / "result.json").read_text())
-        rb = json.loads((debug / rid / "result.json").read_text())
+        assert (local / rid / "synset.pt").read_bytes() == (debug / rid / "synset.pt").read_bytes()
+        ra, rb = result(local / rid), result(debug / rid)
         assert ra["accs"] == rb["accs"] and ra["acc_mean"] == rb["acc_mean"] and ra["run_id"] == rid
         assert json.loads((local / rid / "job.json").read_text())["cluster"] == "local"
         assert json.loads((debug / rid / "job.json").read_text())["job_id"].startswith("DEBUG_")
@@ -79,7 +80,7 @@ def test_relaunch_of_finished_grid_submits_nothing(both, capsys):
     before = {rid: (debug / rid / "job.json").read_text() for rid in sweep.run_ids()}
     assert sweep_cli("launch", grid, "--out", str(debug), "--cluster", "debug") == 0
     out = capsys.readouterr().out
-    assert "4 runs (4 done)" in out and "nothing to submit" in out and "submitted 0 run(s)" in out
+    assert "4 cells, 4 distillations (4 done)" in out and "nothing to submit" in out and "submitted" not in out
     assert before == {rid: (debug / rid / "job.json").read_text() for rid in sweep.run_ids()}
 
 
@@ -88,7 +89,7 @@ def test_status_table_without_any_scheduler(both, capsys, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")  # no squeue/sacct: nothing of this sweep needs them
     assert sweep_cli("status", grid, "--out", str(local)) == 0
     out = capsys.readouterr().out
-    assert out.count(" done ") == 4 and "sweep localtest: 4 done" in out
+    assert out.count(" done ") == 4 and "sweep localtest: 4 cells: 4 done" in out
     assert "done: dc2 acc" in out  # the last line of each log.txt
 
 
@@ -97,12 +98,13 @@ def test_retry_resubmits_exactly_the_incomplete_run(both, capsys):
     rid = sweep.run_ids()[0]
     images = synset(debug / rid)["images"]
     (debug / rid / "done").unlink()
-    assert collect_states(debug, [rid])[rid].state == "failed"
+    states = collect_states(debug, build_tasks(sweep, debug))
+    assert states[f"run:{rid}"].state == "failed"
     assert sweep_cli("launch", grid, "--out", str(debug), "--cluster", "debug") == 0
     out = capsys.readouterr().out
-    assert "submitted 0 run(s)" in out and "1 failed run(s) skipped" in out
+    assert "submitted" not in out and "1 failed or blocked task(s) skipped" in out
     assert sweep_cli("retry", grid, "--out", str(debug), "--cluster", "debug") == 0
-    assert "submitted 1 run(s)" in capsys.readouterr().out
+    assert "submitted 1 task(s)" in capsys.readouterr().out
     assert (debug / rid / "done").exists() and torch.equal(synset(debug / rid)["images"], images)
 
 
@@ -113,7 +115,7 @@ def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert not out_dir.exists()
     assert out.count("not launched  submit") == 4 and "method" in out and "seed" in out
-    assert "run 4 runs locally" in out and "dry run: nothing submitted" in out
+    assert "run 4 distillation task(s) locally" in out and "dry run: nothing submitted" in out
 
 
 def test_bad_grid_is_a_config_error_and_nothing_runs(tmp_path):
@@ -131,7 +133,7 @@ def test_slurm_without_slurm_clients_is_a_clean_error(tmp_path, capsys, monkeypa
     assert not (tmp_path / "runs").exists()
     assert sweep_cli("launch", grid, "--out", str(tmp_path / "runs"), "--dry-run") == 0  # a preview still works
     captured = capsys.readouterr()
-    assert "submit 4 runs as 1 array(s) of 4 tasks" in captured.out and "not checked" in captured.err
+    assert "submit 4 distillation task(s) as 1 array(s) of 4" in captured.out and "not checked" in captured.err
     assert not (tmp_path / "runs").exists()
 
 
@@ -144,7 +146,8 @@ def test_status_of_a_slurm_run_without_squeue_is_unknown_and_not_resubmitted(tmp
     assert sweep_cli("status", grid, "--out", str(tmp_path / "runs")) == 0
     assert "unknown (squeue unavailable)" in capsys.readouterr().out
     assert sweep_cli("launch", grid, "--out", str(tmp_path / "runs"), "--cluster", "debug") == 0
-    assert "submitted 0 run(s)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "nothing to submit" in out and "submitted" not in out
 
 
 def test_failed_local_run_is_reported_with_its_error(tmp_path, capsys):
@@ -193,10 +196,10 @@ def test_status_asks_the_scheduler_once_for_all_runs(tmp_path, monkeypatch, sacc
     err = runs / ".submitit" / "12_3" / "12_3_0_log.err"
     err.parent.mkdir(parents=True)
     err.write_text("Traceback (most recent call last):\n  File x\nValueError: boom\nsrun: error: task 0\n")
-    states = collect_states(runs, ids)
-    assert [states[r].state for r in ids] == ["running", "pending", "pending", "failed", "not launched"]
-    assert states["run3"].error == "ValueError: boom"
-    assert states["run3"].detail == ("TIMEOUT without 'done'" if sacct_works else "left the queue without 'done'")
+    states = collect_states(runs, [Task(f"run:{r}", "run", runs / r) for r in ids])
+    assert [states[f"run:{r}"].state for r in ids] == ["running", "pending", "pending", "failed", "not launched"]
+    assert states["run:run3"].error == "ValueError: boom"
+    assert states["run:run3"].detail == ("TIMEOUT without 'done'" if sacct_works else "left the queue without 'done'")
     squeue_calls = Path(f"{log}.squeue").read_text().splitlines()
     sacct_calls = Path(f"{log}.sacct").read_text().splitlines()
     assert squeue_calls == ["-h -r -o %i|%T -j 12"] and sacct_calls == ["-n -X -P -o JobID,State -j 12"]
@@ -227,9 +230,9 @@ def test_flag_handler_records_and_forwards_only_when_asked():
 
 def _signal_at_step(n: int):
     """run_one, but the process sends itself USR2 at the n-th step boundary (as scancel would)."""
-    real = job_module.run_one
+    real = hpcdd.run.run_one
 
-    def run_one_signalled(cfg, run_dir, exe, *, evaluate=True, should_stop=None):
+    def run_one_signalled(cfg, run_dir, exe, *, evals=(), evaluate=True, should_stop=None):
         calls = {"n": 0}
 
         def stop() -> bool:
@@ -238,16 +241,16 @@ def _signal_at_step(n: int):
                 os.kill(os.getpid(), signal.SIGUSR2)  # handled in this (main) thread right away
             return should_stop() if should_stop else False
 
-        return real(cfg, run_dir, exe, evaluate=evaluate, should_stop=stop)
+        return real(cfg, run_dir, exe, evals=evals, evaluate=evaluate, should_stop=stop)
 
     return run_one_signalled
 
 
 def test_usr2_mid_distillation_checkpoints_calls_submitit_and_resumes(tmp_path, monkeypatch):
-    cfg = {**TINY, "method": "dm", "iterations": 40}
+    run, ev = configs_from_flat({**TINY, "method": "dm", "iterations": 40})
     exe = to_dict(ExecConfig(checkpoint_every=50, progress=False))
     ref = tmp_path / "ref"
-    run_one(from_dict(RunConfig, cfg), ref, ExecConfig(progress=False), evaluate=False)
+    run_one(run, ref, ExecConfig(progress=False), evaluate=False)
 
     class Requeued(BaseException):
         pass
@@ -259,22 +262,22 @@ def test_usr2_mid_distillation_checkpoints_calls_submitit_and_resumes(tmp_path, 
         raise Requeued
 
     run_dir = tmp_path / "run"
-    job = SweepJob(cfg, str(run_dir), exe)
+    job = SweepJob("run", {"config": to_dict(run), "evals": [to_dict(ev)]}, str(run_dir), exe)
     previous = signal.signal(signal.SIGUSR2, fake_submitit)
     try:
         with monkeypatch.context() as mp:
-            mp.setattr(job_module, "run_one", _signal_at_step(7))
+            mp.setattr(hpcdd.run, "run_one", _signal_at_step(7))
             with pytest.raises(Requeued):
                 job()
         assert signal.getsignal(signal.SIGUSR2) is fake_submitit  # restored
     finally:
         signal.signal(signal.SIGUSR2, previous)
     log = (run_dir / "log.txt").read_text()
-    assert "stopping after iteration 7 " in log and "submitit requeues this run" in log
+    assert "stopping after iteration 7 " in log and "submitit requeues this task" in log
     assert not (run_dir / "synset.pt").exists()
     fresh = calls[0].function
     assert isinstance(fresh, SweepJob) and fresh is not job
-    row = fresh()  # the requeued job: resumes from the checkpoint written at the stop
+    [row] = fresh()  # the requeued job: resumes from the checkpoint written at the stop
     lines = (run_dir / "log.txt").read_text().splitlines()
     stopped = [int(l.split("stopping after iteration ")[1].split()[0]) for l in lines if "stopping after" in l]
     resumed = [int(l.rsplit(" ", 1)[1]) for l in lines if "resumed at iteration" in l]

@@ -4,7 +4,12 @@
 * relaunching a finished grid submits nothing; ``retry`` resubmits exactly the incomplete run;
 * queued runs are not resubmitted, and ``--cancel-dropped`` cancels the dropped ones;
 * every task of a 4-task array is preempted mid-distillation (``scancel --signal=USR2`` or
-  ``scontrol requeue``), resumes from a checkpoint, and ends bit-identical to an uninterrupted run;
+  ``scontrol requeue``, whose SIGTERM sets the same stop flag), resumes from the checkpoint written
+  at the signal, and ends bit-identical to an uninterrupted run;
+* an outside requeue of a run shorter than ``checkpoint_every`` resumes from a time-floor checkpoint;
+* a prerequisite shared by a grid is submitted once; its dependants wait on it with
+  ``afterok`` (Slurm shows the dependency) and start only after it finished; a failing one leaves
+  them blocked;
 * bad grids raise ConfigError and submit nothing.
 """
 
@@ -26,6 +31,7 @@ from hpcdd.run import run_one
 from hpcdd.sweep.grid import load_grid
 from hpcdd.sweep.launch import execute, make_executor, plan_launch, wait_for
 from hpcdd.sweep.scheduler import max_array_size
+from hpcdd.sweep.state import build_tasks
 
 from helpers import sweep_cli, synset, write_grid
 from slurm_fixture import SlurmClusterError, ensure_cluster
@@ -114,9 +120,9 @@ def test_grid_runs_as_chunked_arrays_and_status_reports_done(finished, capsys):
     capsys.readouterr()
     assert sweep_cli("status", grid, "--out", str(runs)) == 0
     out = capsys.readouterr().out
-    assert "sweep sl-array: 8 done" in out
+    assert "sweep sl-array: 8 cells: 8 done" in out
     for rid, jid in ids.items():
-        row = next(line for line in out.splitlines() if line.startswith(rid))
+        row = next(line for line in out.splitlines() if f" {rid}/" in line)
         assert " done " in row and jid in row and "done: dc2 acc" in row
 
 
@@ -125,20 +131,21 @@ def test_relaunch_submits_nothing_and_retry_submits_exactly_one(finished, capsys
     before = job_ids(runs, sweep.run_ids())
     capsys.readouterr()
     assert sweep_cli("launch", grid, "--out", str(runs)) == 0
-    assert "submitted 0 run(s)" in capsys.readouterr().out
+    assert "nothing to submit" in capsys.readouterr().out
     assert job_ids(runs, sweep.run_ids()) == before and jobs_named("sl-array") == []
 
     rid = sweep.run_ids()[0]
     (runs / rid / "done").unlink()
     assert sweep_cli("launch", grid, "--out", str(runs)) == 0  # without --retry: left alone
     out = capsys.readouterr().out
-    assert "submitted 0 run(s)" in out and "1 failed run(s) skipped" in out
+    assert "submitted" not in out and "1 failed or blocked task(s) skipped" in out
     assert sweep_cli("retry", grid, "--out", str(runs)) == 0
-    assert "submitted 1 run(s)" in capsys.readouterr().out
+    assert "submitted 1 task(s)" in capsys.readouterr().out
     after = job_ids(runs, sweep.run_ids())
     assert [r for r in after if after[r] != before[r]] == [rid]
-    states = wait_for(runs, [rid], poll_s=1, timeout_s=90)
-    assert states[rid].state == "done"
+    tasks = [t for t in build_tasks(sweep, runs) if t.key == f"run:{rid}"]
+    states = wait_for(runs, tasks, poll_s=1, timeout_s=90)
+    assert states[f"run:{rid}"].state == "done"
 
 
 def test_queued_runs_are_not_resubmitted_and_dropped_ones_are_cancelled(slurm_env, tmp_path, capsys):
@@ -154,7 +161,7 @@ def test_queued_runs_are_not_resubmitted_and_dropped_ones_are_cancelled(slurm_en
         capsys.readouterr()
         assert sweep_cli("launch", grid, "--out", str(runs)) == 0
         out = capsys.readouterr().out
-        assert "3 runs (3 pending)" in out and "submitted 0 run(s)" in out
+        assert "3 cells, 3 distillations (3 pending)" in out and "submitted" not in out
 
         small = write_grid(tmp_path / "grid.yaml", {**data, "seeds": [0]})
         kept = load_grid(small).run_ids()
@@ -175,9 +182,8 @@ CKPT_EVERY = 25
 PREEMPT = {
     "name": "sl-preempt",
     "base": {**TINY, "batch_real": 4},
-    # ~6-15 ms per iteration. USR2 stops at the next step, so 300 iterations suffice; a requeued
-    # task keeps running for up to KillWait (~5-7 s) after SIGTERM (submitit ignores SIGTERM), so
-    # those runs must outlast that by far.
+    # ~6-15 ms per iteration. USR2 and a requeue's SIGTERM both stop at the next step; the requeued
+    # runs are longer anyway, so they cannot finish between the TERM and the kill.
     "zip": {"seed": [0, 1, 2, 3], "iterations": [300, 300, 2000, 2000]},
     "exec": {"checkpoint_every": CKPT_EVERY, "progress": False},
     "slurm": {"time_min": 20, "array_parallelism": 4},  # > 10 min: USR2 counts as preemption
@@ -228,11 +234,12 @@ def test_every_task_preempted_mid_run_resumes_bit_identical(slurm_env, tmp_path)
     t0 = time.perf_counter()
     report = execute(plan_launch(sweep, runs, "slurm"))
     assert len(report.submitted) == 4 and len({j.split("_")[0] for j in report.job_ids.values()}) == 1
+    report.job_ids = {k.split(":", 1)[1]: v for k, v in report.job_ids.items()}
     refs: dict = {}
     ref_thread = threading.Thread(target=_references, args=(sweep, tmp_path / "ref", refs))
     ref_thread.start()  # overlaps the cluster's start-up and requeue delays
     hit = _preempt_each_once(runs, report.job_ids, how, timeout=90)
-    states = wait_for(runs, sweep.run_ids(), poll_s=1, timeout_s=180)
+    states = wait_for(runs, build_tasks(sweep, runs), poll_s=1, timeout_s=180)
     ref_thread.join(timeout=180)
     print(f"preemption test: signalled at {hit}; {time.perf_counter() - t0:.1f}s")
     assert {s.state for s in states.values()} == {"done"}, states
@@ -241,13 +248,46 @@ def test_every_task_preempted_mid_run_resumes_bit_identical(slurm_env, tmp_path)
         resumed = [int(l.rsplit(" ", 1)[1]) for l in log.splitlines() if "resumed at iteration" in l]
         assert resumed and min(resumed) > 0, f"{rid} ({how[rid]}) did not resume from a checkpoint:\n{log}"
         if how[rid] == "usr2":
-            assert "submitit requeues this run" in log
+            assert "submitit requeues this task" in log
             out = (runs / ".submitit" / jid / f"{jid}_0_log.out").read_text()
             assert "this job is preempted" in out and "timed-out" not in out
-        else:
-            assert all(n % CKPT_EVERY == 0 for n in resumed)  # a periodic checkpoint: it was killed
+        else:  # scontrol requeue: SIGTERM, KillWait seconds before SIGKILL, sets the same stop flag
+            stopped = [int(l.split("stopping after iteration ")[1].split()[0]) for l in log.splitlines()
+                       if "stopping after iteration" in l]
+            assert stopped and stopped[0] == resumed[0], log  # from the checkpoint written at the TERM
+            assert "submitit requeues this task" not in log  # Slurm requeued it, not submitit
         final = synset(runs / rid)["images"]
         assert torch.equal(final, refs[rid]), f"{rid} ({how[rid]}) differs from the uninterrupted run"
+
+
+def test_outside_requeue_of_a_short_run_resumes_from_the_time_floor(slurm_env, tmp_path):
+    """Fewer iterations than checkpoint_every: only the time floor (checkpoint_minutes) writes
+    checkpoints. An outside ``scontrol requeue`` resumes from one, not from iteration 0, and the
+    final images equal an uninterrupted run's."""
+    data = {"name": "sl-floor", "base": {**TINY, "batch_real": 4, "iterations": 1500, "seed": 5},
+            "exec": {"checkpoint_every": 100000, "checkpoint_minutes": 0.02, "progress": False},
+            "slurm": {"time_min": 20}}
+    grid, runs = write_grid(tmp_path / "grid.yaml", data), tmp_path / "runs"
+    sweep = load_grid(grid)
+    report = execute(plan_launch(sweep, runs, "slurm"))
+    [(key, jid)] = report.job_ids.items()
+    run_dir = runs / key.split(":", 1)[1]
+    wait_until(lambda: "checkpoint at iteration" in ((run_dir / "log.txt").read_text()
+                                                      if (run_dir / "log.txt").exists() else ""),
+               120, "a time-floor checkpoint")
+    assert sh("scontrol", "requeue", jid).returncode == 0
+    states = wait_for(runs, build_tasks(sweep, runs), poll_s=1, timeout_s=240)
+    assert {s.state for s in states.values()} == {"done"}, states
+    log = (run_dir / "log.txt").read_text()
+    resumed = [int(l.rsplit(" ", 1)[1]) for l in log.splitlines() if "resumed at iteration" in l]
+    assert resumed and resumed[0] > 0, log
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the job (OMP_NUM_THREADS=1)
+    try:
+        run_one(sweep.runs[0].config, tmp_path / "ref", ExecConfig(progress=False), evaluate=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(synset(run_dir)["images"], synset(tmp_path / "ref")["images"])
 
 
 def test_grid_resources_reach_sbatch(slurm_env, tmp_path):
@@ -265,6 +305,71 @@ def test_grid_resources_reach_sbatch(slurm_env, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
+# prerequisites: one job, dependants wait with afterok
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def doubles(monkeypatch, tmp_path):
+    """The test-only methods (tests/doubles.py) in this process and in every job (sbatch exports
+    the submitting environment)."""
+    import os
+
+    monkeypatch.setenv("HPCDD_PLUGINS", "doubles")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    return tmp_path / "artefacts"
+
+
+def _sacct(job: str, fields: str) -> list[list[str]]:
+    out = sh("sacct", "-n", "-P", "-X", "-j", job, "-o", fields).stdout
+    return [line.split("|") for line in out.splitlines() if line.strip()]
+
+
+def test_dependants_wait_for_a_shared_prerequisite(slurm_env, doubles, tmp_path, capsys):
+    data = {"name": "sl-prereq", "base": {**TINY, "method": "twostage", "prereq_steps": 3},
+            "grid": {"ipc": [1, 2]}, "seeds": 2, "exec": {**QUIET, "artefact_root": str(doubles)},
+            "slurm": {"time_min": 20, "array_parallelism": 4}}
+    grid, runs = write_grid(tmp_path / "grid.yaml", data), tmp_path / "runs"
+    sweep = load_grid(grid)
+    assert len(sweep.cells) == 4 and len(sweep.prereqs) == 1
+    assert sweep_cli("launch", grid, "--out", str(runs)) == 0
+    out = capsys.readouterr().out
+    assert "submit 1 prerequisite task(s)" in out and "submit 4 distillation task(s)" in out
+    prereq_dir = doubles / sweep.prereqs[0].key
+    prereq_job = json.loads((prereq_dir / "job.json").read_text())["job_id"]
+    run_jobs = job_ids(runs, sweep.run_ids())
+    array = next(iter(run_jobs.values())).split("_")[0]
+    deps = sh("scontrol", "show", "job", array).stdout
+    assert f"afterok:{prereq_job.split('_')[0]}" in deps.replace("_*", "")
+    states = wait_for(runs, build_tasks(sweep, runs), poll_s=1, timeout_s=240)
+    assert {s.state for s in states.values()} == {"done"}, states
+    [[_, prereq_end]] = _sacct(prereq_job, "JobID,End")
+    for jid in run_jobs.values():
+        [[_, start]] = _sacct(jid, "JobID,Start")
+        assert start >= prereq_end, f"{jid} started {start} before the prerequisite ended {prereq_end}"
+    assert (prereq_dir / "log.txt").read_text().count("building toy_prereq") == 1
+    capsys.readouterr()
+    assert sweep_cli("launch", grid, "--out", str(runs)) == 0  # relaunch: nothing new
+    assert "nothing to submit" in capsys.readouterr().out
+
+
+def test_a_failing_prerequisite_leaves_its_dependants_blocked(slurm_env, doubles, tmp_path, capsys):
+    data = {"name": "sl-prefail", "base": {**TINY, "method": "twostage", "prereq_fail": True},
+            "seeds": 2, "exec": {**QUIET, "artefact_root": str(doubles)}, "slurm": {"time_min": 20}}
+    grid, runs = write_grid(tmp_path / "grid.yaml", data), tmp_path / "runs"
+    sweep = load_grid(grid)
+    assert sweep_cli("launch", grid, "--out", str(runs)) == 0
+    wait_for(runs, build_tasks(sweep, runs), poll_s=1, timeout_s=180)
+    capsys.readouterr()
+    assert sweep_cli("status", grid, "--out", str(runs)) == 0
+    out = capsys.readouterr().out
+    assert "2 cells: 2 blocked" in out and "prerequisites: 1 failed" in out, out
+    assert jobs_named("sl-prefail") == []  # kill-on-invalid-dep: the dependants left the queue
+
+
+# ----------------------------------------------------------------------------------------------
 # bad grids: ConfigError, nothing submitted
 
 
@@ -273,7 +378,7 @@ BAD = {
     "unknown-slurm-key": ({"slurm": {"partiton": "debug"}}, "unknown slurm key"),
     "unknown-config-key": ({"grid": {"ipcs": [1, 2]}}, "unknown config key"),
     "empty-product": ({"grid": {"ipc": [1, 2], "seed": []}}, "empty list"),
-    "type-error": ({"grid": {"ipc": [1, "two"]}}, "must be int"),
+    "type-error": ({"grid": {"ipc": [1, "two"]}}, "must be int or null"),
     "duplicate": ({"grid": {"seed": [0, 1, 0]}}, "resolve to the same run"),
     "zip-lengths": ({"zip": {"seed": [0, 1], "ipc": [1]}}, "equal lengths"),
     "unknown-partition": ({"grid": {"ipc": [1]}, "slurm": {"partition": "gpu"}},

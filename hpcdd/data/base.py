@@ -149,22 +149,29 @@ def resize_uint8(x: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
 
 
 def channel_stats(data: ArrayLike, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std (population) of uint8 images on the 0..1 scale, in chunks."""
+    """Per-channel mean and std (population) of uint8 images on the 0..1 scale.
+
+    Exact integer sums (int64) of the pixel values and their squares, then one float64 division:
+    the result does not depend on the chunking or on torch's thread count (a float reduction's
+    order does), so the normalisation, and with it every image, is the same on any machine.
+    """
     n, c = int(data.shape[0]), int(data.shape[1])
     if n == 0:
         raise ValueError("cannot compute statistics of an empty split")
-    total = torch.zeros(c, dtype=torch.float64)
-    total_sq = torch.zeros(c, dtype=torch.float64)
+    total = [0] * c
+    total_sq = [0] * c
     for start in range(0, n, chunk):
         part = data[start : start + chunk]
         t = part if isinstance(part, torch.Tensor) else torch.from_numpy(np.array(part))
-        t = t.to(torch.float64).div_(255.0)
-        total += t.sum(dim=(0, 2, 3))
-        total_sq += t.square().sum(dim=(0, 2, 3))
+        t = t.to(torch.int64).transpose(0, 1).reshape(c, -1)
+        for ch in range(c):
+            total[ch] += int(t[ch].sum())
+            total_sq[ch] += int((t[ch] * t[ch]).sum())
     count = n * int(data.shape[2]) * int(data.shape[3])
-    mean = total / count
-    std = (total_sq / count - mean.square()).clamp_min(1e-12).sqrt()
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    mean = [s / (count * 255) for s in total]
+    var = [(q * count - s * s) / (count * count * 255 * 255) for s, q in zip(total, total_sq)]
+    std = [max(v, 1e-12) ** 0.5 for v in var]
+    return tuple(float(m) for m in mean), tuple(float(v) for v in std)
 
 
 def per_class_split(

@@ -1,6 +1,5 @@
-"""Distillation methods. Importing this package registers every built-in method."""
+"""Distillation methods (implementations). Specs, and so the registry, are in :mod:`hpcdd.specs`."""
 
-from hpcdd.distill.base import METHODS, Distiller, SyntheticSet
-from hpcdd.distill import coreset, dm  # noqa: F401  (registration side effect)
+from hpcdd.distill.base import Distiller, SyntheticSet
 
-__all__ = ["METHODS", "Distiller", "SyntheticSet"]
+__all__ = ["Distiller", "SyntheticSet"]

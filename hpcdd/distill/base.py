@@ -1,49 +1,40 @@
 """The Distiller protocol: the one seam that run.py, the sweep layer and the evaluator rely on.
 
-A method computes; ``run.py`` alone logs, checkpoints and evaluates.
+A method computes; ``run.py`` alone logs, checkpoints and evaluates. What a method is (its
+parameters, prerequisites, output kind) is declared torch-free in :mod:`hpcdd.specs`; this is the
+implementation side, imported only when something runs (``specs.load_impl(spec.impl)``).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 
-from hpcdd.config import RunConfig
+from hpcdd.config import RunConfig, from_dict
 from hpcdd.data import ClassBank
-from hpcdd.registry import Registry
-
-
-@dataclass
-class SyntheticSet:
-    """Distilled images (normalised like the real data) and their integer labels."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"images": self.images.detach().cpu(), "labels": self.labels.cpu()}
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> "SyntheticSet":
-        return cls(images=state["images"], labels=state["labels"])
+from hpcdd.sources import ImageSource, Source, SyntheticSet
+from hpcdd.specs import METHODS
 
 
 class Distiller(ABC):
-    """One distillation method. Subclasses register with ``@METHODS.register(name)``."""
+    """One distillation method, built from a resolved ``RunConfig``.
 
-    defaults: ClassVar[dict[str, Any]] = {}
-    """Paper defaults filled into RunConfig fields that are None (e.g. iterations, lr_img)."""
-    fixed: ClassVar[dict[str, Any]] = {}
-    """RunConfig fields this method always resolves to (e.g. iterations=0 for coresets)."""
+    ``self.params`` is the method's parameter dataclass (``cfg.params`` as declared in its spec);
+    ``artefacts`` maps each prerequisite's role to its finished artefact dir.
+    """
 
-    def __init__(self, cfg: RunConfig, data: ClassBank, accelerator: Any, sampler: Any) -> None:
+    def __init__(self, cfg: RunConfig, data: ClassBank, accelerator: Any, sampler: Any,
+                 artefacts: Mapping[str, Path] | None = None) -> None:
         self.cfg = cfg
         self.data = data
         self.accelerator = accelerator
         self.sampler = sampler
+        self.artefacts = dict(artefacts or {})
+        self.params = from_dict(METHODS.get(cfg.method).params, cfg.params,
+                                where=f"method {cfg.method} parameters")
 
     @property
     def device(self) -> torch.device:
@@ -63,7 +54,11 @@ class Distiller(ABC):
 
     @abstractmethod
     def synthetic(self, ipc: int | None = None) -> SyntheticSet:
-        """The distilled set (a generator method may sample ``ipc`` images per class)."""
+        """The distilled images (a generator method samples ``ipc`` per class, seeded)."""
+
+    def source(self) -> Source:
+        """The artefact saved and evaluated: by default the fixed image set."""
+        return ImageSource(self.synthetic())
 
 
-METHODS: Registry[type[Distiller]] = Registry("method")
+__all__ = ["Distiller", "SyntheticSet"]

@@ -7,6 +7,8 @@ import contextlib
 import torch
 from torch import nn
 
+from hpcdd.seeding import generator
+
 
 def autocast(device: torch.device, precision: str):
     """bf16 autocast when asked for, else a no-op context."""
@@ -35,17 +37,26 @@ def embed_nograd(
     return torch.cat(outs) if outs else x.new_zeros((0,))
 
 
-def initial_images(bank, ipc: int, init: str, generator: torch.Generator) -> torch.Tensor:
-    """``ipc`` images per class, class-major: random real images or standard-normal noise."""
-    info = bank.info
+def initial_images(bank, cfg, init: str, device: torch.device) -> torch.Tensor:
+    """``cfg.ipc`` images per class, class-major, on the CPU.
+
+    ``real``: random real images; ``noise``: standard normal; ``kmeans``: per class, the real
+    images nearest the k-means centroids (k = ipc) of ``embed()`` features of a seeded fresh
+    ``cfg.net`` (DREAM's initialisation).
+    """
+    info, ipc = bank.info, cfg.ipc
+    gen = generator(cfg.seed, "init")
     if init == "noise":
         shape = (info.num_classes * ipc, info.channels, info.im_size, info.im_size)
-        return torch.randn(shape, generator=generator)
+        return torch.randn(shape, generator=gen)
+    if init == "kmeans":
+        from hpcdd.select.dream import kmeans_init_indices
+
+        idx = kmeans_init_indices(bank, cfg, device)
+        return bank.images(idx)
     parts = []
     for c in range(info.num_classes):
-        idx = bank.sample(c, ipc, generator)
-        if len(idx) < ipc:  # tiny class: repeat images to fill the slots
-            idx = idx[torch.arange(ipc) % len(idx)]
+        idx = bank.sample(c, ipc, gen)
         parts.append(bank.images(idx))
     return torch.cat(parts)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from hpcdd.distill.base import METHODS, Distiller, SyntheticSet
+from hpcdd.distill.base import Distiller, SyntheticSet
 from hpcdd.distill.common import embed_nograd
 from hpcdd.seeding import fresh_net, generator
 
@@ -20,10 +20,8 @@ from hpcdd.seeding import fresh_net, generator
 class Coreset(Distiller):
     """Selects ``ipc`` real images per class once; ``step`` is never called."""
 
-    fixed = {"iterations": 0}
-
-    def __init__(self, cfg, data, accelerator, sampler) -> None:
-        super().__init__(cfg, data, accelerator, sampler)
+    def __init__(self, cfg, data, accelerator, sampler, artefacts=None) -> None:
+        super().__init__(cfg, data, accelerator, sampler, artefacts)
         gen = generator(cfg.seed, f"coreset-{type(self).__name__}")
         self._net = None
         chosen = [self.select(c, gen) for c in range(data.info.num_classes)]
@@ -54,7 +52,6 @@ class Coreset(Distiller):
         return SyntheticSet(images, self.data.labels[self.indices].clone())
 
 
-@METHODS.register("random")
 class RandomCoreset(Coreset):
     """``ipc`` real images per class drawn uniformly without replacement."""
 
@@ -62,7 +59,6 @@ class RandomCoreset(Coreset):
         return self.data.sample(c, self.cfg.ipc, gen)
 
 
-@METHODS.register("herding")
 class HerdingCoreset(Coreset):
     """Greedy herding (Welling 2009): each pick keeps the running mean closest to the class mean."""
 
@@ -71,7 +67,6 @@ class HerdingCoreset(Coreset):
         return self.data.class_indices[c][herding(feats, self.cfg.ipc)]
 
 
-@METHODS.register("kcenter")
 class KCenterCoreset(Coreset):
     """Greedy k-center (Sener & Savarese 2018): start at a seeded random point, then repeatedly
     add the point farthest from the chosen set."""

@@ -12,7 +12,7 @@ Faithful to the official code (defaults: 20000 iterations, image SGD lr 1.0 mome
 * All classes go through the net in **one batched forward** instead of a per-class loop.
   For nets that normalise per sample (ConvNet's GroupNorm "instancenorm") this is the same
   loss; nets with BatchNorm keep the per-class forward, since batch statistics would mix
-  classes. ``tests/test_dm.py`` checks that the two agree.
+  classes. ``tests/test_methods.py`` checks that the two agree.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from hpcdd.augment import DSA
-from hpcdd.distill.base import METHODS, Distiller, SyntheticSet
+from hpcdd.distill.base import Distiller, SyntheticSet
 from hpcdd.distill.common import class_labels, embed_nograd, has_batchnorm, initial_images
 from hpcdd.seeding import fresh_net, generator
 
@@ -30,18 +30,18 @@ REAL_CHUNK = 128
 """Images per no-grad forward chunk of the real batch (see bench/bench_dm.py)."""
 
 
-@METHODS.register("dm")
 class DM(Distiller):
-    defaults = {"iterations": 20000, "lr_img": 1.0}
+    """Declared in :mod:`hpcdd.specs.dm` (parameters: ``DMParams``)."""
 
-    def __init__(self, cfg, data, accelerator, sampler) -> None:
-        super().__init__(cfg, data, accelerator, sampler)
+    def __init__(self, cfg, data, accelerator, sampler, artefacts=None) -> None:
+        super().__init__(cfg, data, accelerator, sampler, artefacts)
         info = data.info
         self.num_classes = info.num_classes
-        init = initial_images(data, cfg.ipc, cfg.init, generator(cfg.seed, "init"))
+        init = initial_images(data, cfg, self.params.init, self.device)
         self.images = init.to(self.device).requires_grad_(True)
         self.labels = class_labels(self.num_classes, cfg.ipc)
-        self.optimizer = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum_img)
+        self.optimizer = torch.optim.SGD([self.images], lr=self.params.lr_img,
+                                         momentum=self.params.momentum_img)
         self.dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
         self.real_chunk = REAL_CHUNK
 
@@ -54,8 +54,8 @@ class DM(Distiller):
             p.requires_grad_(False)
         aug_gen = generator(cfg.seed, f"dm-dsa-{it}")
         real, syn = [], []
-        for c in range(self.num_classes):
-            idx = self.sampler.indices(c, cfg.batch_real, net=net)
+        chosen = self.sampler.batch_indices(range(self.num_classes), cfg.batch_real, net=net)
+        for c, idx in enumerate(chosen):
             img_real = self.data.images(idx).to(self.device)
             img_syn = self.images[c * cfg.ipc : (c + 1) * cfg.ipc]
             if self.dsa is not None:

@@ -10,20 +10,6 @@ One loader feeds pure functions::
     save_image_grid(images, labels, mean, std, "grid.png")   # hpcdd.report.images
 
 ``hpcdd.report.commands.register(subparsers)`` adds the ``aggregate``/``table``/``plot`` CLI.
-Plots and images import matplotlib / PIL / torch lazily, so they are not re-exported here.
+Nothing is re-exported here, so ``hpcdd --help`` and the sweep commands never import pandas,
+matplotlib or torch through this package.
 """
-
-from hpcdd.report.aggregate import AggregateReport, aggregate, load_results_csv, write_csv
-from hpcdd.report.render import render
-from hpcdd.report.tables import TableModel, build_cross_arch, build_table
-
-__all__ = [
-    "AggregateReport",
-    "aggregate",
-    "load_results_csv",
-    "write_csv",
-    "render",
-    "TableModel",
-    "build_table",
-    "build_cross_arch",
-]

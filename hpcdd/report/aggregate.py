@@ -25,13 +25,12 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from hpcdd.config import run_config_fields
+from hpcdd import rundir
+from hpcdd.catalog import flat_names
 from hpcdd.errors import ConfigError
 from hpcdd.io import atomic_write_text, try_load_json
 
-RESULT = "result.json"
-DONE = "done"
-CONFIG = "config.yaml"
+RESULT, DONE, CONFIG, RUN_MARK = rundir.RESULT, rundir.DONE, rundir.CONFIG, rundir.RUN_MARK
 LIST_SEP = "+"
 """Lists (e.g. ``eval_models``) are stored in the CSV as their items joined by this."""
 
@@ -43,7 +42,7 @@ FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 _NUMBER_TEXT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
-_SKIP_SUBDIRS = frozenset({"checkpoint"})
+_SKIP_SUBDIRS = frozenset({rundir.CHECKPOINTS, rundir.MODELS})
 """Subdirs of a run dir that never hold runs (not descended into, to keep the walk fast)."""
 
 _SORT_KEYS = ("protocol", "method", "dataset", "ipc", "net", "seed")
@@ -141,9 +140,12 @@ def _walk(root: str, scan: _Scan) -> None:
             scan.bad.append((path, f"cannot list directory ({e.strerror or e})"))
             continue
         names = {e.name for e in entries}
-        is_run = RESULT in names or CONFIG in names
-        if DONE in names and RESULT in names:
+        is_run = RESULT in names or CONFIG in names or RUN_MARK in names
+        if DONE in names and RESULT in names:  # a finished evaluation: one row
             scan.results.append(path)
+        elif RUN_MARK in names:  # a run dir: its rows are its eval/<id>/ dirs
+            if DONE not in names:
+                scan.incomplete.append(path)
         elif DONE in names:
             scan.bad.append((os.path.join(path, RESULT), "missing ('done' marker present)"))
         elif is_run:
@@ -212,7 +214,7 @@ def column_order(columns: Iterable[str]) -> list[str]:
     """Stable, readable column order: identity, config, accuracies, per-arch, metadata, rest."""
     cols = list(dict.fromkeys(columns))
     present = set(cols)
-    head = ["run_id", "protocol", *run_config_fields(), "acc_mean", "acc_std", "accs"]
+    head = ["run_id", "eval_id", "protocol", *flat_names(), "acc_mean", "acc_std", "accs"]
     archs = sorted({c.split("__", 1)[1] for c in cols if c.startswith("acc_mean__")})
     per_arch = [f"{k}__{a}" for a in archs for k in ("acc_mean", "acc_std", "accs")]
     ordered = [c for c in (*head, *per_arch, *_RUN_META) if c in present]
@@ -221,20 +223,25 @@ def column_order(columns: Iterable[str]) -> list[str]:
     return ordered + rest + tail
 
 
+def _row_key(row: dict[str, Any]) -> str:
+    """A row's identity: the distillation and the evaluation (``run_id/eval_id``)."""
+    return f"{row['run_id']}/{row.get('eval_id', '')}"
+
+
 def _dedupe(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     best: dict[str, dict[str, Any]] = {}
     dropped: list[tuple[str, str]] = []
     for row in rows:
-        rid = str(row["run_id"])
-        old = best.get(rid)
+        key = _row_key(row)
+        old = best.get(key)
         if old is None:
-            best[rid] = row
+            best[key] = row
             continue
         newer = str(row.get("finished_at", "")) > str(old.get("finished_at", ""))
         keep, drop = (row, old) if newer else (old, row)
-        best[rid] = keep
-        dropped.append((rid, str(drop["run_dir"])))
-    kept = [r for r in rows if best[str(r["run_id"])] is r]
+        best[key] = keep
+        dropped.append((key, str(drop["run_dir"])))
+    kept = [r for r in rows if best[_row_key(r)] is r]
     return kept, sorted(dropped)
 
 

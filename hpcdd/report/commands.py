@@ -11,20 +11,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from hpcdd.errors import ConfigError
 from hpcdd.io import WriteError, atomic_write_text
-from hpcdd.report.aggregate import (
-    AggregateReport,
-    aggregate,
-    load_results_csv,
-    to_csv_text,
-    write_csv,
-)
-from hpcdd.report.select import filter_rows, parse_keys
+
+if TYPE_CHECKING:  # pandas is imported by the handlers, not by parsing or --help
+    import pandas as pd
+
+    from hpcdd.report.aggregate import AggregateReport
 
 _FILTER_HELP = "keep only runs whose KEY equals one of the VALUEs (repeatable), e.g. ipc=10"
 
@@ -56,8 +51,10 @@ def _emit(text: str, output: str | None) -> None:
         sys.stdout.write(text)
 
 
-def _load(inputs: list[str]) -> pd.DataFrame:
+def _load(inputs: list[str]) -> "pd.DataFrame":
     """One results CSV, or one or more runs directories aggregated on the fly."""
+    from hpcdd.report.aggregate import aggregate, load_results_csv
+
     if all(os.path.isdir(p) for p in inputs):
         df, report = aggregate(inputs)
         _warn(report)
@@ -68,6 +65,8 @@ def _load(inputs: list[str]) -> pd.DataFrame:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
+    from hpcdd.report.aggregate import aggregate, to_csv_text, write_csv
+
     _check_output(args.output)
     df, report = aggregate(args.runs_dirs)
     _warn(report)
@@ -83,6 +82,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 def cmd_table(args: argparse.Namespace) -> int:
     from hpcdd.report.published import load_published
     from hpcdd.report.render import render
+    from hpcdd.report.select import parse_keys
     from hpcdd.report.tables import build_cross_arch, build_table
 
     _check_output(args.output)
@@ -106,12 +106,16 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from hpcdd.report import plots
+    from hpcdd.report.select import filter_rows, parse_keys
 
     if args.curve:
         if not all(os.path.isdir(p) for p in args.inputs):
             raise ConfigError("--curve reads metrics.jsonl from runs directories, not a CSV")
         df = filter_rows(_load(args.inputs), args.protocol, args.where)
         evals, losses = plots.load_curves(df)
+        note = plots.curves_note(evals, losses)
+        if note:
+            print(f"hpcdd: {note}", file=sys.stderr)
         fig = plots.plot_curves(df, evals, losses)
         stem = args.output or os.path.join("results", "curves")
     else:

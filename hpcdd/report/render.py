@@ -15,6 +15,7 @@ import re
 from typing import Callable
 
 from hpcdd.errors import ConfigError
+from hpcdd.report.aggregate import csv_safe
 from hpcdd.report.tables import DAGGER, MISSING, PM, Cell, TableModel
 
 FORMATS = ("md", "latex", "csv")
@@ -85,9 +86,9 @@ def to_csv(model: TableModel) -> str:
     """The same grid as CSV (one header row), then the notes as ``# `` comment lines."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow([*model.row_keys, *(_col_header(model, c) for c in model.col_labels)])
+    w.writerow([csv_safe(x) for x in (*model.row_keys, *(_col_header(model, c) for c in model.col_labels))])
     for label, line in zip(model.row_labels, _cells(model)):
-        w.writerow([*label, *line])
+        w.writerow([csv_safe(x) for x in (*label, *line)])
     return buf.getvalue() + "".join(f"# {n}\n" for n in model.notes)
 
 

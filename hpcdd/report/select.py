@@ -13,15 +13,16 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from hpcdd.config import run_config_fields
+from hpcdd.catalog import flat_names
 from hpcdd.errors import ConfigError
 
 SEED = "seed"
 
 
 def config_columns(df: pd.DataFrame) -> list[str]:
-    """Config columns present in ``df``: ``protocol`` plus every RunConfig field."""
-    return [c for c in ("protocol", *run_config_fields()) if c in df.columns]
+    """Config columns present in ``df``: ``protocol`` plus every flat config key (run fields,
+    method and sampler parameters, evaluation keys)."""
+    return [c for c in ("protocol", *flat_names()) if c in df.columns]
 
 
 def parse_keys(text: str | Sequence[str] | None) -> list[str]:

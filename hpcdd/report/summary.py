@@ -5,42 +5,57 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from hpcdd.errors import RunDirError
-from hpcdd.io import try_load_json
+from hpcdd.errors import ConfigError, RunDirError
 
 
 def result_table(row: dict[str, Any]) -> str:
-    """A small Markdown table of one result row: one line per evaluation model."""
+    """A small Markdown table of one evaluation's row: one line per evaluation model."""
+    from tabulate import tabulate
+
     lines = []
     for arch in row.get("eval_models", []):
         mean, std = row.get(f"acc_mean__{arch}"), row.get(f"acc_std__{arch}")
         if mean is None:
             continue
-        lines.append({
-            "method": row["method"], "dataset": row["dataset"], "ipc": row["ipc"],
-            "train net": row["net"], "eval net": arch, "protocol": row["protocol"],
-            "acc (%)": f"{100 * mean:.2f} ± {100 * std:.2f}", "n": len(row.get(f"accs__{arch}", [])),
-            "distill s": row.get("distill_seconds"), "eval s": row.get("eval_seconds"),
-        })
-    table = pd.DataFrame(lines).to_markdown(index=False)
-    return f"run {row['run_id']}  (± is the std over the n evaluation models, ddof=0)\n{table}"
+        lines.append([row["method"], row["dataset"], row.get("ipc"), row["net"], arch, row["protocol"],
+                      f"{100 * mean:.2f} ± {100 * std:.2f}", len(row.get(f"accs__{arch}", [])),
+                      row.get("distill_seconds"), row.get("eval_seconds")])
+    headers = ["method", "dataset", "ipc", "train net", "eval net", "protocol", "acc (%)", "n",
+               "distill s", "eval s"]
+    table = tabulate(lines, headers=headers, tablefmt="github", disable_numparse=True)
+    return (f"run {row['run_id']} eval {row.get('eval_id', '-')}  "
+            f"(± is the std over the n evaluation models, ddof=0)\n{table}")
 
 
-def show_run(run_dir: Path, output: str | None = None) -> str:
-    """Text for ``hpcdd show``; also writes the PNG grid of the synthetic images."""
+def show_run(run_dir: Path, output: str | None = None, *, ipc: int | None = None, seed: int = 0,
+             scale: int = 4, max_per_class: int | None = 10) -> str:
+    """Text for ``hpcdd show``; also writes the PNG grid of the run's images (a generator run
+    draws ``ipc`` per class from noise seeded by ``seed``)."""
+    from hpcdd import rundir
     from hpcdd.report.images import save_image_grid
-    from hpcdd.run import is_done, load_synset, read_config
+    from hpcdd.seeding import generator
+    from hpcdd.sources import load_source
+    from hpcdd.specs import METHODS
 
-    cfg = read_config(run_dir)
+    cfg = rundir.read_config(run_dir)
     if cfg is None:
-        raise RunDirError(f"{run_dir} is not an hpcdd run dir (no config.yaml)")
-    state = load_synset(run_dir)
+        raise RunDirError(f"{run_dir} is not an hpcdd run dir (no run.json / config.yaml)")
+    if not rundir.is_done(run_dir):
+        raise RunDirError(f"{run_dir} has not finished distilling; nothing to show yet")
+    output_kind = METHODS.get(cfg.method).output
+    source, state = load_source(rundir.artefact_path(run_dir, output_kind), output_kind)
+    syn = source.sample(ipc or 10, generator(seed, "show"))
     info = state.get("info") or {}
-    png = Path(output) if output else run_dir / "synset.png"
-    save_image_grid(state["images"], state["labels"], info.get("mean", (0.0,)), info.get("std", (1.0,)), png)
-    head = result_table(try_load_json(run_dir / "result.json")) if is_done(run_dir) else (
-        f"run {run_dir.name}: distilled ({cfg.method}, {cfg.dataset}, ipc {cfg.ipc}) but not evaluated; "
+    png = Path(output) if output else run_dir / rundir.PNG
+    try:
+        save_image_grid(syn.images, syn.labels, info.get("mean", (0.0,)), info.get("std", (1.0,)), png,
+                        class_names=info.get("class_names"), scale=scale, max_per_class=max_per_class)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    rows = [rundir.read_result(run_dir, eid) for eid in rundir.eval_ids(run_dir)
+            if rundir.eval_done(run_dir, eid)]
+    head = "\n\n".join(result_table(r) for r in rows if r) or (
+        f"run {run_dir.name}: distilled ({cfg.method}, {cfg.dataset}) but not evaluated; "
         f"run: hpcdd evaluate {run_dir}")
-    return f"{head}\nimage grid: {png}"
+    what = f"{ipc or 10} generated images per class (seed {seed})" if output_kind == "generator" else "synthetic set"
+    return f"{head}\nimage grid ({what}): {png}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hpcdd.errors import CheckpointError
 from hpcdd.io import atomic_torch_save, try_torch_load
@@ -42,17 +42,31 @@ def save_checkpoint(ckpt_dir: Path, it: int, state: dict[str, Any]) -> Path:
     return path
 
 
-def load_latest(ckpt_dir: Path, run_id: str) -> dict[str, Any] | None:
-    """The newest valid checkpoint of ``run_id``, ``None`` if there is none at all."""
+def load_latest(ckpt_dir: Path, run_id: str,
+                restore: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+    """The newest valid checkpoint of ``run_id``, ``None`` if there is none at all.
+
+    With ``restore``, a checkpoint counts as valid only if ``restore(state)`` succeeds: one that
+    carries the right run id but cannot be restored (a missing key, a wrong tensor shape) is
+    skipped like a corrupt one, and the previous checkpoint is tried.
+    """
     files = checkpoint_files(ckpt_dir)
     for it, path in files:
         state = try_torch_load(path)
         if isinstance(state, dict) and state.get("format") == FORMAT and state.get("run_id") == run_id:
-            return state
+            if restore is None:
+                return state
+            try:
+                restore(state)
+                return state
+            except (KeyError, IndexError, ValueError, TypeError, RuntimeError) as e:
+                warnings.warn(f"skipping checkpoint {path} that cannot be restored "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", stacklevel=2)
+                continue
         warnings.warn(f"skipping unreadable or foreign checkpoint {path}", stacklevel=2)
     if files:
         raise CheckpointError(
-            f"no readable checkpoint in {ckpt_dir} (all {len(files)} corrupt or from another run); "
-            "remove the directory or rerun with --overwrite"
+            f"no usable checkpoint in {ckpt_dir} (all {len(files)} corrupt, unrestorable or from "
+            "another run); remove the directory or rerun with --overwrite"
         )
     return None

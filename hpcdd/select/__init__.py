@@ -1,5 +1,5 @@
-"""Selecting real samples: matching samplers (random; DREAM later) and coreset selection."""
+"""Selecting real samples: matching samplers (random, DREAM), k-means, coreset selection."""
 
-from hpcdd.select.samplers import SAMPLERS, RandomSampler, Sampler
+from hpcdd.select.samplers import RandomSampler, Sampler
 
-__all__ = ["SAMPLERS", "Sampler", "RandomSampler"]
+__all__ = ["Sampler", "RandomSampler"]

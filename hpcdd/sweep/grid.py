@@ -1,4 +1,4 @@
-"""Grid files: a base config plus what varies, expanded into a deterministic list of runs.
+"""Grid files: a base config plus what varies, expanded into a deterministic list of cells.
 
 A grid file (YAML) holds::
 
@@ -8,33 +8,46 @@ A grid file (YAML) holds::
                                                   # dicts (the union of their products)
     zip: {method: [dm, random], lr_img: [1.0, null]}   # lists zipped together, crossed with grid
     seeds: 3                              # seed 0..2, or an explicit list [0, 5]
-    exec: {checkpoint_every: 50}          # ExecConfig keys (not part of any run's identity)
+    evals:                                # optional: evaluations of every cell (flat eval_* keys)
+      - {eval_epochs: 300}
+      - {eval_models: [alexnet, vgg11]}
+    separate_evals: false                 # true: evaluations run as their own arrays, afterwards
+    exec: {checkpoint_every: 50}          # ExecConfig keys (not part of any identity)
     slurm: {partition: gpu, time_min: 240, ...}        # see SlurmSpec
 
-Expansion is a pure function: grid dicts in file order, each dict's keys in file order (the last
-key varies fastest), then the zip rows, then the seeds. Each point is
-``resolve(from_dict(RunConfig, base | point))`` and is identified by ``run_id`` of it. Every
-problem raises ``ConfigError`` with one line, before anything is submitted.
+Keys are flat config keys: RunConfig fields, the method's and sampler's parameters by name, and
+``eval_*`` keys. Expansion is a pure function: grid dicts in file order, each dict's keys in file
+order (the last key varies fastest), then the zip rows, then the seeds, then ``evals``. Each cell is
+a (distillation, evaluation) pair; cells that share a distillation (e.g. a generator method at
+several ipc, or several ``evals``) share one run dir and one distillation job. Prerequisites of the
+runs are collected once each. Every problem raises ``ConfigError`` with one line, before anything
+is submitted.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from hpcdd.config import ExecConfig, RunConfig, from_dict, resolve, run_config_fields, run_id, to_dict
+from hpcdd.catalog import (
+    configs_from_flat, eval_id, flat_names, flat_run, prereq_id, prerequisites, resolve,
+    resolve_eval, run_id,
+)
+from hpcdd.config import EvalConfig, ExecConfig, RunConfig, check_config, eval_flat, from_dict
 from hpcdd.errors import ConfigError
+from hpcdd.specs import PrereqRef
 
-TOP_LEVEL_KEYS = ("name", "base", "grid", "zip", "seeds", "exec", "slurm")
+TOP_LEVEL_KEYS = ("name", "base", "grid", "zip", "seeds", "evals", "separate_evals", "exec", "slurm")
 SEED_KEY = "seed"
 NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 """Sweep names: used in the Slurm job name (hpcdd-<name>) and RUNS_DIR/.sweeps/<name>.json."""
+MAX_POINTS = 50_000
+"""Grids larger than this are refused before expansion (``--max-runs`` raises the limit)."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +78,10 @@ class SlurmSpec:
     """Extra ``#SBATCH --key=value`` lines, e.g. {constraint: a100}."""
 
     def __post_init__(self) -> None:
-        _check_spec_types(self)
+        try:
+            check_config(self)
+        except ConfigError as e:
+            raise ConfigError(f"slurm {e}") from None
         for name in ("time_min", "array_parallelism"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"slurm {name} must be >= 1, got {getattr(self, name)}")
@@ -90,17 +106,49 @@ class SlurmSpec:
 
 
 @dataclass(frozen=True)
-class SweepRun:
-    """One point of an expanded grid."""
+class SweepCell:
+    """One point of an expanded grid: a (distillation, evaluation) pair, one row of a table."""
 
     index: int
     """Position in the deterministic expansion order (0-based)."""
     run_id: str
-    """Identity: ``run_id`` of the resolved config; the run dir is ``RUNS_DIR/<run_id>``."""
+    """Identity of the distillation; its run dir is ``RUNS_DIR/<run_id>``."""
+    eval_id: str
+    """Identity of the evaluation; its dir is ``RUNS_DIR/<run_id>/eval/<eval_id>``."""
+    config: RunConfig
+    """The resolved run config."""
+    eval: EvalConfig
+    """The resolved evaluation config."""
+    point: dict = field(default_factory=dict)
+    """The values this point took from grid, zip, seeds and evals (for tables)."""
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One distillation of a sweep and the evaluations the grid asks of it."""
+
+    run_id: str
+    """Identity (run dir name)."""
     config: RunConfig
     """The resolved config that runs."""
-    point: dict = field(default_factory=dict)
-    """The values this point took from grid, zip and seeds (for tables)."""
+    evals: tuple[EvalConfig, ...]
+    """Its evaluations, in grid order."""
+    prereqs: tuple[str, ...] = ()
+    """Keys (``<kind>/<id>``) of the prerequisites it needs."""
+
+    @property
+    def eval_ids(self) -> tuple[str, ...]:
+        return tuple(eval_id(e) for e in self.evals)
+
+
+@dataclass(frozen=True)
+class SweepPrereq:
+    """One prerequisite artefact of a sweep, shared by every run that needs it."""
+
+    key: str
+    """``<kind>/<id>``: also its directory under the artefact root."""
+    ref: PrereqRef
+    """Its kind and config."""
 
 
 @dataclass(frozen=True)
@@ -109,16 +157,22 @@ class Sweep:
 
     name: str
     """The sweep's name (manifest ``RUNS_DIR/.sweeps/<name>.json``)."""
+    cells: tuple[SweepCell, ...]
+    """Every (distillation, evaluation) pair, in expansion order; unique."""
     runs: tuple[SweepRun, ...]
-    """Every run, in expansion order; identities are unique."""
+    """Every distillation, in order of first appearance; unique run ids."""
+    prereqs: tuple[SweepPrereq, ...]
+    """Every prerequisite the runs need, deduplicated, in order of first need."""
     axes: tuple[str, ...]
-    """Config keys that vary (grid, zip and seed keys), in file order."""
+    """Config keys that vary (grid, zip, seed and evals keys), in file order."""
     exec: ExecConfig
-    """Execution settings passed to every run (not part of identity)."""
+    """Execution settings passed to every job (not part of identity)."""
     slurm: SlurmSpec
     """Resources of every array task."""
     source: str = ""
     """Where the grid came from (a file path), for messages."""
+    separate_evals: bool = False
+    """Evaluations run as their own array jobs after the distillations (else inside them)."""
 
     def run_ids(self) -> list[str]:
         return [r.run_id for r in self.runs]
@@ -128,21 +182,17 @@ class Sweep:
 # loading
 
 
-def load_grid(path: str | Path) -> Sweep:
+def load_grid(path: str | Path, max_points: int = MAX_POINTS) -> Sweep:
     """Read, validate and expand the grid file at ``path``."""
+    from hpcdd.yamlfile import load_yaml_file
+
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read grid file {path}: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    return expand_grid(data, default_name=path.stem, source=str(path))
+    data = load_yaml_file(path, what="grid file")
+    return expand_grid(data, default_name=path.stem, source=str(path), max_points=max_points)
 
 
-def expand_grid(data: Any, default_name: str = "sweep", source: str = "grid") -> Sweep:
+def expand_grid(data: Any, default_name: str = "sweep", source: str = "grid",
+                max_points: int = MAX_POINTS) -> Sweep:
     """Validate a parsed grid document and expand it into a ``Sweep`` (pure, deterministic)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source} must be a mapping with keys {', '.join(TOP_LEVEL_KEYS)}")
@@ -155,13 +205,19 @@ def expand_grid(data: Any, default_name: str = "sweep", source: str = "grid") ->
     blocks = _grid_blocks(data.get("grid"), source)
     zipped = _zip_rows(data.get("zip"), source)
     seeds = _seeds(data.get("seeds"), source)
-    _check_keys(base, blocks, zipped, seeds, source)
+    evals = _evals(data.get("evals"), source)
+    separate = data.get("separate_evals", False)
+    if not isinstance(separate, bool):
+        raise ConfigError(f"{source}: separate_evals must be true or false, got {separate!r}")
+    _check_keys(base, blocks, zipped, seeds, evals, source)
+    _check_size(blocks, zipped, seeds, evals, source, max_points)
     exec_cfg = from_dict(ExecConfig, _mapping(data.get("exec"), f"{source}: exec"), where=f"{source} exec")
     slurm = _slurm_spec(data.get("slurm"), source)
-    points = list(_points(blocks, zipped, seeds))
-    runs = _resolve_points(base, points, source)
-    axes = _axes(blocks, zipped, seeds)
-    return Sweep(name=name, runs=tuple(runs), axes=axes, exec=exec_cfg, slurm=slurm, source=source)
+    cells = _resolve_points(base, _points(blocks, zipped, seeds, evals), source)
+    runs, prereqs = _runs_and_prereqs(cells)
+    axes = _axes(blocks, zipped, seeds, evals)
+    return Sweep(name=name, cells=tuple(cells), runs=runs, prereqs=prereqs, axes=axes, exec=exec_cfg,
+                 slurm=slurm, source=source, separate_evals=separate)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,11 +292,24 @@ def _seeds(value: Any, source: str) -> list[int] | None:
     raise ConfigError(f"{source}: seeds must be a count (int >= 1) or a non-empty list of ints, got {value!r}")
 
 
+def _evals(value: Any, source: str) -> list[dict[str, Any]]:
+    """The ``evals:`` list: mappings of eval_* keys (one empty mapping when absent)."""
+    if value is None:
+        return [{}]
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{source}: evals must be a non-empty list of mappings of eval_* keys")
+    out = [_mapping(v, f"{source}: evals[{i}]") for i, v in enumerate(value)]
+    allowed = [k for k in flat_names() if k.startswith("eval_")]
+    for i, block in enumerate(out):
+        _reject_unknown(block, allowed, f"{source}: unknown evaluation key(s) in evals[{i}]")
+    return out
+
+
 def _check_keys(base: dict, blocks: list[dict], zipped: list[dict], seeds: list[int] | None,
-                source: str) -> None:
-    """Every key is a RunConfig field; no key is set by two of grid, zip and seeds."""
-    fields = run_config_fields()
-    _reject_unknown(base, fields, f"{source}: unknown config key(s) in base")
+                evals: list[dict], source: str) -> None:
+    """Every key is a flat config key; no key is set by two of grid, zip and seeds."""
+    fields = flat_names()
+    _reject_unknown(base, fields + ["params", "sampler_params"], f"{source}: unknown config key(s) in base")
     for block in blocks:
         _reject_unknown(block, fields, f"{source}: unknown config key(s) in grid")
     zip_keys = set(zipped[0])
@@ -254,6 +323,20 @@ def _check_keys(base: dict, blocks: list[dict], zipped: list[dict], seeds: list[
                  if SEED_KEY in keys]
         if where:
             raise ConfigError(f"{source}: 'seeds' conflicts with the 'seed' key in {where[0]}")
+    varied = set().union(*blocks) | zip_keys
+    both = sorted(varied & set().union(*evals))
+    if both:
+        raise ConfigError(f"{source}: key(s) {', '.join(both)} appear in both evals and grid/zip")
+
+
+def _check_size(blocks: list[dict], zipped: list[dict], seeds: list[int] | None, evals: list[dict],
+                source: str, max_points: int) -> None:
+    """Count the points before expanding any: a huge grid is refused at once, with its size."""
+    n = sum(math.prod(len(v) for v in block.values()) for block in blocks)
+    n *= len(zipped) * (len(seeds) if seeds else 1) * len(evals)
+    if n > max_points:
+        raise ConfigError(f"{source}: the grid has {n:,} points, more than the limit of {max_points:,} "
+                          "(raise it with --max-runs if you mean it)")
 
 
 def _slurm_spec(value: Any, source: str) -> SlurmSpec:
@@ -265,35 +348,32 @@ def _slurm_spec(value: Any, source: str) -> SlurmSpec:
     return from_dict(SlurmSpec, block, where=f"{source} slurm")
 
 
-def _check_spec_types(spec: SlurmSpec) -> None:
-    from hpcdd.config import _check_types  # one type checker for every config dataclass
-
-    try:
-        _check_types(spec)
-    except ConfigError as e:
-        raise ConfigError(f"slurm {e}") from None
-
-
 # ----------------------------------------------------------------------------------------------
 # expansion
 
 
-def _points(blocks: list[dict[str, list]], zipped: list[dict], seeds: list[int] | None):
+def _points(blocks: list[dict[str, list]], zipped: list[dict], seeds: list[int] | None,
+            evals: list[dict]):
     """Yield every point (a dict of varying values) in the documented order."""
     for block in blocks:
         keys = list(block)
         for values in itertools.product(*(block[k] for k in keys)):
             for row in zipped:
                 for seed in seeds if seeds is not None else [None]:
-                    point = {**dict(zip(keys, values)), **row}
-                    if seed is not None:
-                        point[SEED_KEY] = seed
-                    yield point
+                    for ev in evals:
+                        point = {**dict(zip(keys, values)), **row}
+                        if seed is not None:
+                            point[SEED_KEY] = seed
+                        yield {**point, **ev}
 
 
-def _axes(blocks: list[dict], zipped: list[dict], seeds: list[int] | None) -> tuple[str, ...]:
+def _axes(blocks: list[dict], zipped: list[dict], seeds: list[int] | None,
+          evals: list[dict]) -> tuple[str, ...]:
     axes: list[str] = []
-    for key in [k for b in blocks for k in b] + list(zipped[0]) + ([SEED_KEY] if seeds else []):
+    keys = [k for b in blocks for k in b] + list(zipped[0]) + ([SEED_KEY] if seeds else [])
+    if len(evals) > 1:
+        keys += [k for e in evals for k in e]
+    for key in keys:
         if key not in axes:
             axes.append(key)
     return tuple(axes)
@@ -303,36 +383,58 @@ def _describe(point: dict) -> str:
     return "{" + ", ".join(f"{k}: {v!r}" for k, v in point.items()) + "}"
 
 
-def _resolve_points(base: dict, points: list[dict], source: str) -> list[SweepRun]:
-    runs: list[SweepRun] = []
-    seen: dict[str, int] = {}
+def _resolve_points(base: dict, points, source: str) -> list[SweepCell]:
+    cells: list[SweepCell] = []
+    seen: dict[tuple[str, str], int] = {}
     for i, point in enumerate(points):
         where = f"{source}: grid point {i} {_describe(point)}"
         try:
-            cfg = resolve(from_dict(RunConfig, {**base, **point}, where=where))
+            run, ev = configs_from_flat({**base, **point}, where=where)
+            run = resolve(run)
+            ev = resolve_eval(ev, run)
         except ConfigError as e:
             msg = str(e)
             raise ConfigError(msg if msg.startswith(source) else f"{where}: {msg}") from None
-        rid = run_id(cfg)
-        if rid in seen:
-            j = seen[rid]
+        key = (run_id(run), eval_id(ev))
+        if key in seen:
+            j = seen[key]
             raise ConfigError(
-                f"{source}: grid points {j} {_describe(runs[j].point)} and {i} {_describe(point)} "
-                f"resolve to the same run {rid}; remove one of them"
+                f"{source}: grid points {j} {_describe(cells[j].point)} and {i} {_describe(point)} "
+                f"resolve to the same run {key[0]} and evaluation {key[1]}; remove one of them"
             )
-        seen[rid] = i
-        runs.append(SweepRun(index=i, run_id=rid, config=cfg, point=point))
-    return runs
+        seen[key] = i
+        cells.append(SweepCell(index=i, run_id=key[0], eval_id=key[1], config=run, eval=ev, point=point))
+    return cells
 
 
-def point_values(run: SweepRun, axes: tuple[str, ...]) -> dict[str, Any]:
-    """The run's resolved value of each axis (lists shown comma-joined), for tables."""
-    resolved = to_dict(run.config)
+def _runs_and_prereqs(cells: list[SweepCell]) -> tuple[tuple[SweepRun, ...], tuple[SweepPrereq, ...]]:
+    """The distinct distillations (with their evaluations) and prerequisites of the cells."""
+    configs: dict[str, RunConfig] = {}
+    evals: dict[str, list[EvalConfig]] = {}
+    for cell in cells:
+        configs.setdefault(cell.run_id, cell.config)
+        evals.setdefault(cell.run_id, []).append(cell.eval)
+    prereqs: dict[str, SweepPrereq] = {}
+    runs = []
+    for rid, cfg in configs.items():
+        keys = []
+        for ref in prerequisites(cfg):
+            key = f"{ref.kind}/{prereq_id(ref)}"
+            prereqs.setdefault(key, SweepPrereq(key, ref))
+            keys.append(key)
+        runs.append(SweepRun(rid, cfg, tuple(evals[rid]), tuple(keys)))
+    return tuple(runs), tuple(prereqs.values())
+
+
+def point_values(cell: SweepCell, axes: tuple[str, ...]) -> dict[str, Any]:
+    """The cell's resolved value of each axis (lists shown comma-joined), for tables."""
+    resolved = {**flat_run(cell.config), **eval_flat(cell.eval)}
     out = {}
     for key in axes:
-        value = resolved[key]
+        value = resolved.get(key, cell.point.get(key))
         out[key] = ",".join(map(str, value)) if isinstance(value, list) else value
     return out
 
 
-__all__ = ["SlurmSpec", "Sweep", "SweepRun", "load_grid", "expand_grid", "point_values", "TOP_LEVEL_KEYS"]
+__all__ = ["SlurmSpec", "Sweep", "SweepCell", "SweepRun", "SweepPrereq", "load_grid", "expand_grid",
+           "point_values", "TOP_LEVEL_KEYS", "MAX_POINTS"]

@@ -1,22 +1,25 @@
-"""``sweep launch``: plan what to submit from the run dirs' state, then submit it as job arrays.
+"""``sweep launch``: plan what to submit from the task dirs' state, then submit it stage by stage.
 
 Planning is separate from submitting so ``--dry-run`` shows exactly what a launch would do:
 
-* done runs, and runs whose job is still queued or running, are never resubmitted;
-* never-launched runs are submitted; failed or incomplete ones only with ``--retry``;
-* on Slurm, the runs go out as arrays of at most ``MaxArraySize`` tasks (several arrays for a
-  larger grid), each honouring ``array_parallelism``;
-* ``local`` (submitit's LocalExecutor, subprocesses, ``array_parallelism`` at a time, at most
-  one per CPU) and ``debug`` (DebugExecutor, in this process) wait for the runs to finish.
+* done tasks, and tasks whose job is still queued or running, are never resubmitted;
+* never-launched tasks are submitted; failed or blocked ones only with ``--retry``;
+* stages go out in order: prerequisites (deduplicated: one job per artefact), distillations, then
+  (with ``separate_evals``) evaluations. On Slurm each stage is submitted as arrays of at most
+  ``MaxArraySize`` tasks and waits for what it needs with ``--dependency=afterok:<jobs>`` (and
+  ``--kill-on-invalid-dep=yes``: if a prerequisite fails, its dependants leave the queue and show as
+  blocked); ``local`` (submitit's LocalExecutor) and ``debug`` (in this process) run the stages one
+  after the other and skip the dependants of a failed task.
 
-Each submitted run dir gets its config (``prepare_run_dir``) before submission and its
-``job.json`` right after. The submitit folder is ``RUNS_DIR/.submitit/%j``.
+Before anything is submitted every task dir is checked (never another run's, never foreign files);
+after each array is submitted, each of its tasks gets a ``job.json``, made durable by one ``syncfs``
+for the whole array instead of fsyncs per file (see :func:`_durable`). The submitit folder is
+``RUNS_DIR/.submitit/%j``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import sys
 import time
@@ -24,19 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import submitit
-from tqdm.auto import tqdm
-
+from hpcdd import rundir
+from hpcdd.catalog import prereq_id
 from hpcdd.config import to_dict
 from hpcdd.errors import HpcddError
-from hpcdd.run import prepare_run_dir
+from hpcdd.io import now_utc, sync_filesystem
 from hpcdd.sweep import scheduler
-from hpcdd.sweep.grid import Sweep, SweepRun
-from hpcdd.sweep.job import SweepJob
-from hpcdd.io import now_utc
+from hpcdd.sweep.grid import Sweep
 from hpcdd.sweep.state import (
-    ACTIVE, DONE, FAILED, NOT_LAUNCHED, PENDING, SUBMITIT_DIR, UNKNOWN, JobRecord, RunState,
-    collect_states, read_manifest, write_job, write_manifest,
+    ACTIVE, BLOCKED, DONE, FAILED, NOT_LAUNCHED, PENDING, STAGES, SUBMITIT_DIR, UNKNOWN, JobRecord,
+    Task, TaskState, build_tasks, collect_states, read_manifest, write_job, write_manifest,
 )
 
 CLUSTERS = ("slurm", "local", "debug")
@@ -45,7 +45,7 @@ SUBMIT, SKIP = "submit", "skip"
 
 @dataclass(frozen=True)
 class Plan:
-    """What a launch would do, decided from the run dirs and one scheduler query."""
+    """What a launch would do, decided from the task dirs and one scheduler query."""
 
     sweep: Sweep
     """The expanded grid."""
@@ -53,17 +53,22 @@ class Plan:
     """Where run dirs live (``RUNS_DIR/<run_id>``)."""
     cluster: str
     """slurm, local or debug."""
-    states: dict[str, RunState]
-    """State of every run of the grid, by run id."""
+    tasks: list[Task]
+    """Every task, in submission order."""
+    states: dict[str, TaskState]
+    """State of every task, by key."""
     actions: dict[str, str]
-    """'submit' or 'skip (why)' per run id."""
-    arrays: tuple[int, ...]
-    """Sizes of the job arrays to submit (Slurm), or of the waves (local)."""
-    dropped: dict[str, RunState] = field(default_factory=dict)
-    """Runs of this sweep's previous launch that are not in the grid any more."""
+    """'submit' or 'skip (why)' per task key."""
+    max_array: int
+    """Largest array (Slurm) or wave (local) size."""
+    dropped: dict[str, TaskState] = field(default_factory=dict)
+    """Run tasks of this sweep's previous launch that are not in the grid any more."""
 
-    def to_submit(self) -> list[SweepRun]:
-        return [r for r in self.sweep.runs if self.actions[r.run_id] == SUBMIT]
+    def to_submit(self, stage: str | None = None) -> list[Task]:
+        return [t for t in self.tasks if self.actions[t.key] == SUBMIT and (stage is None or t.stage == stage)]
+
+    def arrays(self, stage: str) -> tuple[int, ...]:
+        return array_sizes(len(self.to_submit(stage)), self.max_array)
 
 
 @dataclass
@@ -71,24 +76,30 @@ class LaunchReport:
     """What a launch did."""
 
     submitted: list[str] = field(default_factory=list)
-    """Run ids submitted, in grid order."""
+    """Task keys submitted, in order."""
     job_ids: dict[str, str] = field(default_factory=dict)
-    """Scheduler job id per submitted run id."""
+    """Scheduler job id per submitted task key."""
     cancelled: list[str] = field(default_factory=list)
     """Job ids of dropped runs that were cancelled."""
     failed: dict[str, str] = field(default_factory=dict)
-    """Local/debug runs that raised: run id -> one-line error."""
+    """Local/debug tasks that raised: task key -> one-line error."""
+    skipped: list[str] = field(default_factory=list)
+    """Local/debug tasks not run because a task they need failed."""
 
 
 # ----------------------------------------------------------------------------------------------
 # planning
 
 
-def _action(state: RunState, retry: bool) -> str:
+def _action(task: Task, state: TaskState, retry: bool, states: dict[str, TaskState], actions: dict[str, str]) -> str:
     if state.state == NOT_LAUNCHED:
         return SUBMIT
     if state.state == FAILED:
         return SUBMIT if retry else f"{SKIP} (failed; --retry resubmits)"
+    if state.state == BLOCKED:
+        if retry and all(actions.get(k) == SUBMIT or states[k].state in (DONE, *ACTIVE) for k in task.needs):
+            return SUBMIT
+        return f"{SKIP} (blocked: {state.detail}; --retry resubmits it with what it needs)"
     if state.state == UNKNOWN:
         return f"{SKIP} (unknown: {state.detail})"
     return f"{SKIP} ({state.state})"
@@ -108,20 +119,22 @@ def plan_launch(sweep: Sweep, runs_dir: str | Path, cluster: str = "slurm", *, r
         raise HpcddError(f"unknown cluster {cluster!r}; choose one of: {', '.join(CLUSTERS)}")
     runs_dir = Path(runs_dir)
     slurm_ok = cluster == "slurm" and _check_partition(sweep, dry_run)
-    ids = sweep.run_ids()
-    in_grid = set(ids)
+    tasks = build_tasks(sweep, runs_dir)
+    in_grid = set(sweep.run_ids())
     dropped_ids = [i for i in read_manifest(runs_dir, sweep.name) if i not in in_grid]
-    states = collect_states(runs_dir, ids + dropped_ids)
-    actions = {rid: _action(states[rid], retry) for rid in ids}
-    n = sum(a == SUBMIT for a in actions.values())
+    dropped_tasks = [Task(f"run:{i}", "run", runs_dir / i) for i in dropped_ids]
+    states = collect_states(runs_dir, tasks + dropped_tasks, details=False)
+    actions: dict[str, str] = {}
+    for t in tasks:  # in stage order, so a task sees whether what it needs is submitted
+        actions[t.key] = _action(t, states[t.key], retry, states, actions)
+    n = max((sum(1 for t in tasks if actions[t.key] == SUBMIT and t.stage == s) for s in STAGES), default=0)
     if cluster == "slurm":
-        if max_array is None and n:
-            max_array = scheduler.max_array_size() if slurm_ok else n
-        arrays = array_sizes(n, max_array or max(n, 1))
+        if max_array is None:
+            max_array = scheduler.max_array_size() if slurm_ok and n else max(n, 1)
     else:
-        arrays = array_sizes(n, local_parallelism(sweep) if cluster == "local" else max(n, 1))
-    return Plan(sweep, runs_dir, cluster, {i: states[i] for i in ids}, actions, arrays,
-                {i: states[i] for i in dropped_ids})
+        max_array = local_parallelism(sweep) if cluster == "local" else max(n, 1)
+    return Plan(sweep, runs_dir, cluster, tasks, {t.key: states[t.key] for t in tasks}, actions,
+                max_array, {t.key: states[t.key] for t in dropped_tasks})
 
 
 def _check_partition(sweep: Sweep, dry_run: bool) -> bool:
@@ -144,27 +157,34 @@ def local_parallelism(sweep: Sweep) -> int:
 # executing
 
 
-def make_executor(cluster: str, runs_dir: Path, sweep: Sweep) -> submitit.AutoExecutor:
+def make_executor(cluster: str, runs_dir: Path, sweep: Sweep, stage: str = "run",
+                  dependency: str | None = None) -> Any:
     """An AutoExecutor for ``cluster`` with the grid's ``slurm:`` resources."""
+    import submitit
+
     spec = sweep.slurm
     folder = runs_dir / SUBMITIT_DIR / "%j"
     extra = {f"{cluster}_max_num_timeout": spec.max_timeouts} if cluster != "debug" else {}
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **extra)
-    params: dict[str, Any] = dict(name=f"hpcdd-{sweep.name}", timeout_min=spec.time_min)
+    name = f"hpcdd-{sweep.name}" if stage == "run" else f"hpcdd-{sweep.name}-{stage}"
+    params: dict[str, Any] = dict(name=name, timeout_min=spec.time_min)
     if cluster == "slurm":
+        additional = dict(spec.additional)
+        if dependency:
+            additional.update(dependency=dependency, kill_on_invalid_dep="yes")
         params.update(
             cpus_per_task=spec.cpus_per_task, mem_gb=spec.mem_gb, slurm_partition=spec.partition,
             slurm_gpus_per_task=spec.gpus_per_task, slurm_qos=spec.qos, slurm_account=spec.account,
             slurm_array_parallelism=spec.array_parallelism, slurm_signal_delay_s=spec.signal_delay_s,
-            slurm_additional_parameters=dict(spec.additional) or None,
+            slurm_additional_parameters=additional or None,
         )
     executor.update_parameters(**params)
     return executor
 
 
 def job_threads(cluster: str, sweep: Sweep) -> int | None:
-    """CPU threads per run unless the grid's exec block sets them: Slurm's cpus_per_task, or the
-    cores shared between parallel local runs (oversubscribed OpenMP threads spin-wait and run
+    """CPU threads per task unless the grid's exec block sets them: Slurm's cpus_per_task, or the
+    cores shared between parallel local tasks (oversubscribed OpenMP threads spin-wait and run
     tens of times slower). Debug runs in this process keep its setting."""
     if sweep.exec.threads is not None or cluster == "debug":
         return sweep.exec.threads
@@ -173,68 +193,151 @@ def job_threads(cluster: str, sweep: Sweep) -> int | None:
     return max(1, (os.cpu_count() or 1) // local_parallelism(sweep))
 
 
-def make_job(run: SweepRun, runs_dir: Path, sweep: Sweep, cluster: str) -> SweepJob:
-    exe = dataclasses.replace(sweep.exec, threads=job_threads(cluster, sweep))
-    return SweepJob(to_dict(run.config), str((runs_dir / run.run_id).absolute()), to_dict(exe))
+def make_job(task: Task, sweep: Sweep, exec_dict: dict[str, Any]) -> Any:
+    """The pickled callable of one task (plain dicts only)."""
+    from hpcdd.sweep.job import SweepJob
+
+    if task.stage == "prereq":
+        payload = {"kind": task.prereq.ref.kind, "config": to_dict(task.prereq.ref.config)}
+    elif task.stage == "eval":
+        ev = dict(zip(task.run.eval_ids, task.run.evals))[task.eval_ids[0]]
+        payload = {"eval": to_dict(ev)}
+    else:
+        evals = dict(zip(task.run.eval_ids, task.run.evals))
+        payload = {"config": to_dict(task.run.config), "evals": [to_dict(evals[e]) for e in task.eval_ids]}
+    return SweepJob(task.stage, payload, str(task.dir.absolute()), exec_dict)
 
 
 def execute(plan: Plan, *, cancel_dropped: bool = False,
             echo: Callable[[str], None] = print) -> LaunchReport:
-    """Submit what ``plan`` says (nothing is submitted if a run dir cannot be prepared)."""
+    """Submit what ``plan`` says, stage by stage (nothing is submitted if a dir cannot be prepared)."""
     report = LaunchReport()
-    runs = plan.to_submit()
-    for run in runs:  # writes config.yaml; refuses a dir that holds another run
-        prepare_run_dir(run.config, plan.runs_dir / run.run_id)
+    todo = plan.to_submit()
+    _prepare_dirs(plan, todo)
     if cancel_dropped:
         report.cancelled = cancel_dropped_runs(plan, echo)
-    still = [rid for rid, s in plan.dropped.items()
+    still = [key.split(":", 1)[1] for key, s in plan.dropped.items()
              if s.state in ACTIVE and s.job_id not in report.cancelled]
     write_manifest(plan.runs_dir, plan.sweep.name, plan.sweep.source, plan.sweep.run_ids(), still)
-    if not runs:
+    if not todo:
         return report
-    executor = make_executor(plan.cluster, plan.runs_dir, plan.sweep)
-    start = 0
-    for k, size in enumerate(plan.arrays):
-        chunk = runs[start : start + size]
-        start += size
-        jobs = _submit_chunk(executor, plan, chunk, k, report)
+    exec_dict = to_dict(dataclasses.replace(plan.sweep.exec, threads=job_threads(plan.cluster, plan.sweep)))
+    for stage in STAGES:
+        tasks = plan.to_submit(stage)
         if plan.cluster != "slurm":
-            _wait_in_process(plan, chunk, jobs, report, echo)
+            tasks = _runnable(plan, tasks, report, echo)
+        if not tasks:
+            continue
+        dependency = _dependency(plan, tasks, report) if plan.cluster == "slurm" else None
+        executor = make_executor(plan.cluster, plan.runs_dir, plan.sweep, stage, dependency)
+        start = 0
+        for k, size in enumerate(array_sizes(len(tasks), plan.max_array)):
+            chunk = tasks[start : start + size]
+            start += size
+            jobs = _submit_chunk(executor, plan, chunk, k, exec_dict, report)
+            if plan.cluster != "slurm":
+                _wait_in_process(plan, chunk, jobs, report, echo)
     return report
 
 
-def _submit_chunk(executor: submitit.AutoExecutor, plan: Plan, chunk: list[SweepRun], k: int,
-                  report: LaunchReport) -> list[submitit.Job]:
+def _prepare_dirs(plan: Plan, tasks: list[Task]) -> None:
+    """Refuse a task dir that holds another run (or foreign files) before anything is submitted.
+
+    Launch writes nothing into a run dir but its ``job.json``: the job writes the identity files
+    (run.json, config.yaml) when it starts, durably, under the run-dir lock.
+    """
+    for t in tasks:
+        if t.stage == "run":
+            rundir.check_free(t.dir, t.run.run_id, clear_now=False)
+        elif t.stage == "prereq":
+            rundir.check_free(t.dir, prereq_id(t.prereq.ref), kind=rundir.PREREQ_KIND, clear_now=False)
+
+
+def _durable(plan: Plan, tasks: list[Task]) -> None:
+    """One ``syncfs`` per file system for every ``job.json`` just written, instead of two fsyncs
+    per file. Atomic renames mean no reader ever sees a torn ``job.json``; a crash before this
+    sync can lose some of them, which makes those tasks look 'not launched': a relaunch resubmits
+    them, and the run-dir lock (and ``done``) keeps a duplicate job from running twice."""
+    roots = {plan.runs_dir, *(t.dir.parent for t in tasks if t.stage == "prereq")}
+    for root in roots:
+        if root.exists():
+            sync_filesystem(root)
+
+
+def _runnable(plan: Plan, tasks: list[Task], report: LaunchReport, echo: Callable[[str], None]) -> list[Task]:
+    """Local/debug: drop tasks whose needs failed in this launch (they stay blocked)."""
+    bad = set(report.failed) | set(report.skipped)
+    ok = []
+    for t in tasks:
+        failed = [k for k in t.needs if k in bad]
+        if failed:
+            report.skipped.append(t.key)
+            echo(f"{t.key} not run: {failed[0]} failed")
+        else:
+            ok.append(t)
+    return ok
+
+
+def _dependency(plan: Plan, tasks: list[Task], report: LaunchReport) -> str | None:
+    """``afterok:<array ids>`` of the unfinished jobs the tasks need (submitted now or queued)."""
+    ids = []
+    for t in tasks:
+        for key in t.needs:
+            if key in report.job_ids:
+                ids.append(report.job_ids[key])
+            elif plan.states[key].state in ACTIVE and plan.states[key].job_id:
+                ids.append(plan.states[key].job_id)
+    arrays = scheduler.base_ids(ids)
+    return "afterok:" + ":".join(arrays) if arrays else None
+
+
+def _submit_chunk(executor: Any, plan: Plan, chunk: list[Task], k: int, exec_dict: dict[str, Any],
+                  report: LaunchReport) -> list[Any]:
     try:
         with executor.batch():
-            jobs = [executor.submit(make_job(r, plan.runs_dir, plan.sweep, plan.cluster)) for r in chunk]
+            jobs = [executor.submit(make_job(t, plan.sweep, exec_dict)) for t in chunk]
     except Exception as e:  # sbatch refused, submitit could not parse its answer, ...
-        before = f"{len(report.submitted)} runs were submitted before" if report.submitted else "nothing submitted"
+        before = f"{len(report.submitted)} tasks were submitted before" if report.submitted else "nothing submitted"
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise scheduler.SchedulerError(
-            f"submitting array {k + 1} of {len(plan.arrays)} failed ({before}): {msg}") from None
+        raise scheduler.SchedulerError(f"submitting a {chunk[0].stage} array failed ({before}): {msg}") from None
     stamp = now_utc()
-    for run, job in zip(chunk, jobs):
-        record = JobRecord(str(job.job_id), plan.cluster, plan.sweep.name, stamp, k)
-        write_job(plan.runs_dir / run.run_id, record)
-        report.submitted.append(run.run_id)
-        report.job_ids[run.run_id] = str(job.job_id)
+    for task, job in zip(chunk, jobs):
+        record = JobRecord(str(job.job_id), plan.cluster, plan.sweep.name, stamp, k, tuple(task.eval_ids))
+        write_job(task.dir, record, sync=False)
+        report.submitted.append(task.key)
+        report.job_ids[task.key] = str(job.job_id)
+    _durable(plan, chunk)
     return jobs
 
 
-def _wait_in_process(plan: Plan, chunk: list[SweepRun], jobs: list[submitit.Job], report: LaunchReport,
+def _wait_in_process(plan: Plan, chunk: list[Task], jobs: list[Any], report: LaunchReport,
                      echo: Callable[[str], None]) -> None:
-    """Wait for local/debug jobs (debug ones run here, one after the other; like submitit's
-    DebugExecutor, a failing debug run opens pdb when stdin is a terminal)."""
-    bar = tqdm(total=len(jobs), desc=f"{plan.cluster} runs", unit="run", disable=not sys.stderr.isatty())
-    for run, job in zip(chunk, jobs):
-        try:
-            job.result()
-        except Exception as e:  # noqa: BLE001 - a failed run is reported, the others go on
-            text = str(e).strip().splitlines()
-            report.failed[run.run_id] = text[-1] if text else type(e).__name__
-            echo(f"run {run.run_id} failed: {report.failed[run.run_id]}")
-        bar.update(1)
+    """Wait for local/debug jobs with a progress line: tasks done / failed of the chunk, elapsed
+    time (debug ones run here, one after the other; a failing debug task opens pdb when stdin is a
+    terminal, like submitit's DebugExecutor)."""
+    from tqdm.auto import tqdm
+
+    t0 = time.monotonic()
+    bar = tqdm(total=len(jobs), desc=f"{plan.cluster} {chunk[0].stage}", unit="task", file=sys.stderr,
+               mininterval=5.0, disable=None)
+    pending = list(zip(chunk, jobs))
+    while pending:
+        still = []
+        for task, job in pending:
+            if plan.cluster == "local" and not job.done():
+                still.append((task, job))
+                continue
+            try:
+                job.result()
+            except Exception as e:  # noqa: BLE001 - a failed task is reported, the others go on
+                text = str(e).strip().splitlines()
+                report.failed[task.key] = text[-1] if text else type(e).__name__
+                echo(f"{task.key} failed: {report.failed[task.key]}")
+            bar.update(1)
+            bar.set_postfix(failed=len(report.failed), elapsed=f"{time.monotonic() - t0:.0f}s")
+        pending = still
+        if pending:
+            time.sleep(1.0)
     bar.close()
 
 
@@ -251,32 +354,34 @@ def cancel_dropped_runs(plan: Plan, echo: Callable[[str], None] = print) -> list
 # waiting (slurm --wait)
 
 
-def wait_for(runs_dir: Path, run_ids: list[str], *, poll_s: float = 10.0,
-             timeout_s: float | None = None) -> dict[str, RunState]:
-    """Poll (one squeue call per poll) until no run is pending or running; return the last states.
+def wait_for(runs_dir: Path, tasks: list[Task], *, poll_s: float = 10.0,
+             timeout_s: float | None = None) -> dict[str, TaskState]:
+    """Poll (one squeue call per poll) until no task is pending or running; return the last states.
 
-    Unless every run is done, the sweep must look settled on two polls in a row, so a task in the
+    Unless every task is done, the sweep must look settled on two polls in a row, so a task in the
     middle of a requeue is not mistaken for a failed one.
     """
+    from tqdm.auto import tqdm
+
     t0 = time.monotonic()
-    bar = tqdm(total=len(run_ids), desc="runs done", unit="run", disable=not sys.stderr.isatty())
+    bar = tqdm(total=len(tasks), desc="tasks done", unit="task", disable=None, file=sys.stderr)
     settled_before = False
     while True:
-        states = collect_states(runs_dir, run_ids)
+        states = collect_states(runs_dir, tasks, details=False)
         bar.n = sum(s.state == DONE for s in states.values())
         bar.refresh()
         settled = not any(s.state in ACTIVE for s in states.values())
-        if settled and (settled_before or bar.n == len(run_ids)):
+        if settled and (settled_before or bar.n == len(tasks)):
             bar.close()
             return states
         settled_before = settled
         if timeout_s is not None and time.monotonic() - t0 > timeout_s:
             bar.close()
             busy = sum(s.state in ACTIVE for s in states.values())
-            raise HpcddError(f"gave up waiting after {timeout_s:.0f}s: {busy} run(s) still pending, "
+            raise HpcddError(f"gave up waiting after {timeout_s:.0f}s: {busy} task(s) still pending, "
                              "running or unknown")
         time.sleep(poll_s)
 
 
 __all__ = ["Plan", "LaunchReport", "plan_launch", "execute", "wait_for", "array_sizes", "make_executor",
-           "make_job", "CLUSTERS", "SUBMIT"]
+           "make_job", "CLUSTERS", "SUBMIT", "job_threads", "local_parallelism"]

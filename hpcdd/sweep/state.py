@@ -1,42 +1,43 @@
 """Where a sweep stands: the run dirs first, the scheduler second.
 
-Per run dir ``RUNS_DIR/<run_id>``:
-
-* ``done`` (with a readable ``result.json``): the run is finished, whatever the scheduler says;
-* ``job.json``: which job ran or runs it (written atomically at submission);
-* no ``job.json``: it was never launched.
-
-Only the runs that are not done and were submitted to Slurm are looked up, all in ONE ``squeue``
-call (and, for those that left the queue, one ``sacct`` call that refines the failure reason), so
-``status`` works without accounting. Per sweep, ``RUNS_DIR/.sweeps/<name>.json`` lists the run
-ids of the grid's last launch (to find runs dropped from the grid).
+A sweep is a small graph of *tasks*, each one job: ``prereq`` tasks (one per prerequisite
+artefact, in the artefact root), ``run`` tasks (one per distillation, also running its
+evaluations unless ``separate_evals``), and ``eval`` tasks (one per evaluation, with
+``separate_evals``). A task's directory says whether it is finished (``done``) and which job ran it
+(``job.json``, written atomically at submission). Only unfinished Slurm tasks are looked up, all in
+ONE ``squeue`` call (and one ``sacct`` call for those that left the queue), so ``status`` works
+without accounting. A task whose prerequisite (or distillation) failed is ``blocked``, not failed.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from hpcdd import rundir
 from hpcdd.io import atomic_write_json, now_utc, try_load_json
-from hpcdd.run import is_done
 from hpcdd.sweep import scheduler
+from hpcdd.sweep.grid import Sweep, SweepPrereq, SweepRun
 
 DONE, RUNNING, PENDING, FAILED, NOT_LAUNCHED = "done", "running", "pending", "failed", "not launched"
 UNKNOWN = "unknown"
 """Submitted to Slurm, not done, and squeue cannot be asked: never resubmitted blindly."""
-STATES = (DONE, RUNNING, PENDING, FAILED, NOT_LAUNCHED, UNKNOWN)
+BLOCKED = "blocked"
+"""Not done because a task it needs (a prerequisite, its distillation) failed or is blocked."""
+STATES = (DONE, RUNNING, PENDING, FAILED, BLOCKED, NOT_LAUNCHED, UNKNOWN)
 ACTIVE = frozenset({PENDING, RUNNING, UNKNOWN})
-"""States in which a run may still be queued or running: never resubmitted."""
+"""States in which a task may still be queued or running: never resubmitted."""
 SUBMITIT_DIR = ".submitit"
 SWEEPS_DIR = ".sweeps"
-JOB_FILE = "job.json"
+STAGES = ("prereq", "run", "eval")
 
 
 @dataclass(frozen=True)
 class JobRecord:
-    """The job that runs a run dir (``RUNS_DIR/<run_id>/job.json``)."""
+    """The job that runs a task (``job.json`` in the task's directory)."""
 
     job_id: str
     """Scheduler id: ``<array job>_<task>`` on Slurm, the controller pid locally, DEBUG_... in-process."""
@@ -48,40 +49,92 @@ class JobRecord:
     """UTC time of the submission (ISO 8601)."""
     array: int = 0
     """Index of the array (chunk) within that launch."""
+    covers: tuple[str, ...] = ()
+    """Run tasks: the evaluations the job runs after distilling (eval ids)."""
 
 
 @dataclass(frozen=True)
-class RunState:
+class Task:
+    """One job of a sweep."""
+
+    key: str
+    """``prereq:<kind>/<id>``, ``run:<run_id>`` or ``eval:<run_id>/<eval_id>``."""
+    stage: str
+    """prereq, run or eval (also the submission order)."""
+    dir: Path
+    """Its directory (job.json, done)."""
+    needs: tuple[str, ...] = ()
+    """Keys of the tasks that must finish first."""
+    run: SweepRun | None = None
+    """The distillation (run and eval tasks)."""
+    prereq: SweepPrereq | None = None
+    """The prerequisite (prereq tasks)."""
+    eval_ids: tuple[str, ...] = ()
+    """Run tasks: the evaluations they run inline; eval tasks: their one evaluation."""
+
+
+@dataclass(frozen=True)
+class TaskState:
     """One row of ``sweep status``."""
 
-    run_id: str
-    """Identity (run dir name)."""
+    key: str
+    """The task's key."""
     state: str
-    """done, running, pending, failed, not launched (or unknown: squeue unreachable)."""
+    """done, running, pending, failed, blocked, not launched (or unknown: squeue unreachable)."""
     job_id: str = ""
     """Scheduler id from job.json (empty when never launched)."""
     detail: str = ""
-    """Scheduler state behind ``state`` (e.g. TIMEOUT), or why a run counts as failed."""
-    last_log: str = ""
-    """Last line of the run's log.txt."""
+    """Scheduler state behind ``state`` (e.g. TIMEOUT), or why a task is failed/blocked."""
+    progress: str = ""
+    """Where a running task is: 'iteration 40/100', 'eval model 2/5'."""
     error: str = ""
-    """For failed runs: last error line of the submitit stderr log, else of log.txt."""
+    """For failed tasks: last error line of the submitit stderr log, else of log.txt."""
+    last_log: str = ""
+    """Last line of the task's log.txt."""
+
+
+# ----------------------------------------------------------------------------------------------
+# the task graph
+
+
+def build_tasks(sweep: Sweep, runs_dir: Path) -> list[Task]:
+    """Every task of ``sweep`` in submission order (prerequisites, distillations, evaluations)."""
+    runs_dir = Path(runs_dir)
+    root = rundir.artefact_root(sweep.exec.artefact_root)
+    tasks = [Task(f"prereq:{p.key}", "prereq", root / p.key, prereq=p) for p in sweep.prereqs]
+    for run in sweep.runs:
+        inline = () if sweep.separate_evals else run.eval_ids
+        tasks.append(Task(f"run:{run.run_id}", "run", runs_dir / run.run_id,
+                          tuple(f"prereq:{k}" for k in run.prereqs), run=run, eval_ids=inline))
+    if sweep.separate_evals:
+        for run in sweep.runs:
+            for eid in run.eval_ids:
+                tasks.append(Task(f"eval:{run.run_id}/{eid}", "eval", rundir.eval_dir(runs_dir / run.run_id, eid),
+                                  (f"run:{run.run_id}",), run=run, eval_ids=(eid,)))
+    return tasks
+
+
+def cell_task(sweep: Sweep, run_id: str, eval_id: str) -> str:
+    """The key of the task whose state a (run, evaluation) cell shows once the run is distilled."""
+    return f"eval:{run_id}/{eval_id}" if sweep.separate_evals else f"run:{run_id}"
 
 
 # ----------------------------------------------------------------------------------------------
 # files
 
 
-def write_job(run_dir: Path, record: JobRecord) -> None:
-    atomic_write_json(Path(run_dir) / JOB_FILE, record.__dict__)
+def write_job(task_dir: Path, record: JobRecord, *, sync: bool = True) -> None:
+    """Write ``job.json``; ``sync=False`` leaves durability to one later ``sync_filesystem``."""
+    data = {**record.__dict__, "covers": list(record.covers)}
+    atomic_write_json(Path(task_dir) / rundir.JOB, data, sync=sync)
 
 
-def read_job(run_dir: Path) -> JobRecord | None:
-    data = try_load_json(Path(run_dir) / JOB_FILE)
+def read_job(task_dir: Path) -> JobRecord | None:
+    data = try_load_json(Path(task_dir) / rundir.JOB)
     if not isinstance(data, dict):
         return None
     try:
-        return JobRecord(**data)
+        return JobRecord(**{**data, "covers": tuple(data.get("covers") or ())})
     except TypeError:
         return None
 
@@ -131,7 +184,7 @@ def submitit_stderr(runs_dir: Path, job_id: str) -> Path:
     return Path(runs_dir) / SUBMITIT_DIR / job_id / f"{job_id}_0_log.err"
 
 
-def error_line(runs_dir: Path, run_dir: Path, job_id: str) -> str:
+def error_line(runs_dir: Path, log_dir: Path, job_id: str) -> str:
     """The most telling error line: the exception in submitit's stderr, else log.txt's last line."""
     err = submitit_stderr(runs_dir, job_id) if job_id else None
     if err is not None:
@@ -139,46 +192,100 @@ def error_line(runs_dir: Path, run_dir: Path, job_id: str) -> str:
                          skip_containing=("%|",))  # tqdm bars
         if line:
             return line
-    return last_line(run_dir / "log.txt")
+    return last_line(log_dir / rundir.LOG)
 
 
 # ----------------------------------------------------------------------------------------------
 # states
 
 
-def collect_states(runs_dir: Path, run_ids: Iterable[str]) -> dict[str, RunState]:
-    """The state of every run, with at most one squeue and one sacct call in all."""
+def task_done(task: Task) -> bool:
+    """Finished: the artefact (prereq), the distillation and its inline evaluations (run), or the
+    evaluation (eval). ``done`` markers are written last, so their presence is enough."""
+    if task.stage == "eval":
+        return (task.dir / rundir.DONE).exists()
+    if not rundir.is_done(task.dir):
+        return False
+    return all((rundir.eval_dir(task.dir, e) / rundir.DONE).exists() for e in task.eval_ids)
+
+
+def collect_states(runs_dir: Path, tasks: Iterable[Task], *, details: bool = True) -> dict[str, TaskState]:
+    """The state of every task, with at most one squeue and one sacct call in all.
+
+    ``details`` adds each unfinished task's progress, last log line and error (``status``).
+    """
     runs_dir = Path(runs_dir)
-    run_ids = list(run_ids)
-    records = {rid: read_job(runs_dir / rid) for rid in run_ids}
-    done = {rid for rid in run_ids if is_done(runs_dir / rid)}
-    slurm_ids = [r.job_id for rid, r in records.items() if r and r.cluster == "slurm" and rid not in done]
+    tasks = list(tasks)
+    done = {t.key for t in tasks if task_done(t)}
+    records = {t.key: read_job(t.dir) for t in tasks if t.key not in done}
+    slurm_ids = [r.job_id for r in records.values() if r and r.cluster == "slurm"]
     queue = scheduler.queue_states(slurm_ids) if slurm_ids else {}
     gone = [j for j in slurm_ids if queue is not None and j not in queue]
     acct = (scheduler.accounting_states(gone) or {}) if gone else {}
-    out = {}
-    for rid in run_ids:
-        out[rid] = _state_of(runs_dir, rid, records[rid], rid in done, queue, acct)
+    out: dict[str, TaskState] = {}
+    for t in tasks:  # in stage order: a task's needs are decided before it
+        if t.key in done:
+            if details:
+                log_dir = t.dir if t.stage != "eval" else t.dir.parent.parent
+                out[t.key] = TaskState(t.key, DONE, (read_job(t.dir) or _NO_JOB).job_id,
+                                       last_log=last_line(log_dir / rundir.LOG))
+            else:
+                out[t.key] = TaskState(t.key, DONE)
+            continue
+        out[t.key] = _state_of(runs_dir, t, records[t.key], queue, acct, out, details)
     return out
 
 
-def _state_of(runs_dir: Path, rid: str, record: JobRecord | None, done: bool,
-              queue: dict[str, str] | None, acct: dict[str, str]) -> RunState:
-    run_dir = runs_dir / rid
-    log = last_line(run_dir / "log.txt")
+_NO_JOB = JobRecord("", "", "", "")
+
+
+def _state_of(runs_dir: Path, task: Task, record: JobRecord | None, queue: dict[str, str] | None,
+              acct: dict[str, str], decided: dict[str, TaskState], details: bool) -> TaskState:
+    bad_needs = [k for k in task.needs if decided.get(k) and decided[k].state in (FAILED, BLOCKED)]
     job_id = record.job_id if record else ""
-    if done:
-        return RunState(rid, DONE, job_id, "", log)
     if record is None:
-        return RunState(rid, NOT_LAUNCHED, "", "", log)
-    state, detail = _live_state(record, queue, acct)
-    error = error_line(runs_dir, run_dir, job_id) if state == FAILED else ""
-    return RunState(rid, state, job_id, detail, log, error)
+        state, detail = (BLOCKED, f"{bad_needs[0]} failed") if bad_needs else (NOT_LAUNCHED, "")
+    else:
+        state, detail = _live_state(record, queue, acct)
+        if state == FAILED and bad_needs:
+            state, detail = BLOCKED, f"{bad_needs[0]} failed"
+        elif state == FAILED and task.stage == "run" and rundir.is_done(task.dir):
+            new = [e for e in task.eval_ids if e not in record.covers
+                   and not (rundir.eval_dir(task.dir, e) / rundir.DONE).exists()]
+            if new:  # evaluations added to the grid after the job ran: never launched
+                state, detail = NOT_LAUNCHED, f"{len(new)} new evaluation(s)"
+    if not details:
+        return TaskState(task.key, state, job_id, detail)
+    log_dir = task.dir if task.stage != "eval" else task.dir.parent.parent
+    error = error_line(runs_dir, log_dir, job_id) if state == FAILED else ""
+    progress = task_progress(task) if state in (RUNNING, FAILED, UNKNOWN) else ""
+    return TaskState(task.key, state, job_id, detail, progress, error, last_line(log_dir / rundir.LOG))
+
+
+def task_progress(task: Task) -> str:
+    """'iteration i/N' while distilling (or building), 'eval model j/n' while evaluating."""
+    if task.stage == "eval" or (task.stage == "run" and rundir.is_done(task.dir)):
+        run_dir = task.dir.parent.parent if task.stage == "eval" else task.dir
+        total = done = 0
+        for eid in task.eval_ids:
+            ev = dict(zip(task.run.eval_ids, task.run.evals)).get(eid) if task.run else None
+            if ev is not None:
+                total += len(ev.models) * ev.n
+            models = rundir.eval_dir(run_dir, eid) / rundir.MODELS
+            done += len(list(models.glob("*.json"))) if models.is_dir() else 0
+        return f"eval model {done}/{total}" if total else ""
+    line = last_line(task.dir / rundir.METRICS)
+    try:
+        it = int(json.loads(line)["it"]) + 1 if line else 0
+    except (ValueError, KeyError, TypeError):
+        return ""
+    total = task.run.config.iterations if task.run is not None else None
+    return f"iteration {it}/{total}" if total else f"iteration {it}"
 
 
 def _live_state(record: JobRecord, queue: dict[str, str] | None,
                 acct: dict[str, str]) -> tuple[str, str]:
-    """(state, detail) of a launched run that is not done."""
+    """(state, detail) of a launched task that is not done."""
     if record.cluster == "local":
         return (RUNNING, "process alive") if _pid_alive(record.job_id) else (FAILED, "process ended")
     if record.cluster != "slurm":
@@ -215,6 +322,7 @@ def _pid_alive(job_id: str) -> bool:
 
 
 __all__ = [
-    "JobRecord", "RunState", "collect_states", "read_job", "write_job", "read_manifest",
-    "write_manifest", "STATES", "DONE", "RUNNING", "PENDING", "FAILED", "NOT_LAUNCHED", "UNKNOWN",
+    "JobRecord", "Task", "TaskState", "build_tasks", "collect_states", "read_job",
+    "write_job", "read_manifest", "write_manifest", "task_done", "STATES", "DONE", "RUNNING",
+    "PENDING", "FAILED", "BLOCKED", "NOT_LAUNCHED", "UNKNOWN", "ACTIVE", "STAGES",
 ]

@@ -7,8 +7,8 @@ from typing import Any
 
 from tabulate import tabulate
 
-from hpcdd.sweep.grid import Sweep, point_values
-from hpcdd.sweep.state import STATES, RunState
+from hpcdd.sweep.grid import Sweep, SweepCell, point_values
+from hpcdd.sweep.state import DONE, STATES, TaskState, cell_task
 
 MAX_CELL = 60
 """Long cells (log lines, errors) are cut to this many characters."""
@@ -25,34 +25,64 @@ def _strip_stamp(line: str) -> str:
     return rest if head.endswith("Z") and head[:4].isdigit() else line
 
 
-def _axes_cells(sweep: Sweep, run) -> list[Any]:
-    values = point_values(run, sweep.axes)
+def _axes_cells(sweep: Sweep, cell: SweepCell) -> list[Any]:
+    values = point_values(cell, sweep.axes)
     return [values[a] for a in sweep.axes]
 
 
-def plan_table(sweep: Sweep, states: dict[str, RunState], actions: dict[str, str]) -> str:
-    """One row per run: id, the varying fields, state, action."""
-    headers = ["run_id", *sweep.axes, "state", "action"]
-    rows = [[r.run_id, *_axes_cells(sweep, r), states[r.run_id].state, actions[r.run_id]] for r in sweep.runs]
-    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True, missingval="null")
+def _state_text(s: TaskState) -> str:
+    return s.state if not s.detail or s.state == DONE else f"{s.state} ({_cut(s.detail, 30)})"
 
 
-def status_table(sweep: Sweep, states: dict[str, RunState]) -> str:
-    """One row per run: id, varying fields, state, job id, last log line, error."""
-    headers = ["run_id", *sweep.axes, "state", "job", "last log line", "error"]
+def _cell_state(sweep: Sweep, cell: SweepCell, states: dict[str, TaskState]) -> TaskState:
+    run = states[f"run:{cell.run_id}"]
+    if sweep.separate_evals and run.state != DONE:
+        own = states[cell_task(sweep, cell.run_id, cell.eval_id)]
+        return own if own.state == DONE else run
+    return states[cell_task(sweep, cell.run_id, cell.eval_id)]
+
+
+def plan_table(sweep: Sweep, states: dict[str, TaskState], actions: dict[str, str]) -> str:
+    """One row per task: prerequisites, then the distillations (with their varying fields), then
+    separate evaluations; state and action."""
+    axes_of = {}
+    for cell in sweep.cells:
+        axes_of.setdefault(cell.run_id, _axes_cells(sweep, cell))
+    headers = ["task", "id", *sweep.axes, "state", "action"]
     rows = []
-    for r in sweep.runs:
-        s = states[r.run_id]
-        state = s.state if not s.detail or s.state == "done" else f"{s.state} ({_cut(s.detail, 30)})"
-        rows.append([r.run_id, *_axes_cells(sweep, r), state, s.job_id or "-",
-                     _cut(_strip_stamp(s.last_log)) or "-", _cut(s.error) or ""])
+    for key, action in actions.items():
+        stage, _, ident = key.partition(":")
+        run_id = ident.split("/")[0]
+        axes = axes_of.get(run_id, [""] * len(sweep.axes)) if stage != "prereq" else [""] * len(sweep.axes)
+        rows.append([stage, ident, *axes, states[key].state, action])
     return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True, missingval="null")
 
 
-def state_counts(states: dict[str, RunState]) -> str:
+def status_table(sweep: Sweep, states: dict[str, TaskState]) -> str:
+    """Prerequisites, then one row per (run, evaluation) cell: ids, varying fields, state, job,
+    progress of running tasks, last log line, error."""
+    headers = ["task", "id", *sweep.axes, "state", "job", "progress", "last log line", "error"]
+    rows = []
+    for p in sweep.prereqs:
+        s = states[f"prereq:{p.key}"]
+        rows.append(["prereq", p.key, *[""] * len(sweep.axes), _state_text(s), s.job_id or "-",
+                     s.progress, _cut(_strip_stamp(s.last_log)) or "-", _cut(s.error)])
+    for cell in sweep.cells:
+        s = _cell_state(sweep, cell, states)
+        rows.append(["run", f"{cell.run_id}/{cell.eval_id}", *_axes_cells(sweep, cell), _state_text(s),
+                     s.job_id or "-", s.progress, _cut(_strip_stamp(s.last_log)) or "-", _cut(s.error)])
+    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True, missingval="null")
+
+
+def state_counts(states: dict[Any, TaskState], what: str = "") -> str:
     """'3 done, 1 running, ...' in a fixed order, zero counts left out."""
     counts = Counter(s.state for s in states.values())
-    return ", ".join(f"{counts[k]} {k}" for k in STATES if counts[k]) or "no runs"
+    text = ", ".join(f"{counts[k]} {k}" for k in STATES if counts[k])
+    return text or "nothing"
 
 
-__all__ = ["plan_table", "status_table", "state_counts"]
+def cell_state_map(sweep: Sweep, states: dict[str, TaskState]) -> dict[tuple[str, str], TaskState]:
+    return {(c.run_id, c.eval_id): _cell_state(sweep, c, states) for c in sweep.cells}
+
+
+__all__ = ["plan_table", "status_table", "state_counts", "cell_state_map"]

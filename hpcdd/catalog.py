@@ -1,0 +1,255 @@
+"""Resolution of configs against the registries: the layer above :mod:`hpcdd.config` (plain data)
+and :mod:`hpcdd.specs` (what methods and samplers are), below everything that runs.
+
+Users write *flat* keys (flags, config files, grid files): RunConfig fields (``ipc``), evaluation
+keys (``eval_epochs``), and the method's and sampler's own parameters by name (``lr_img``,
+``interval``). :func:`configs_from_flat` sorts them into a ``RunConfig`` (whose ``params`` and
+``sampler_params`` hold the method's and sampler's) and an ``EvalConfig``; :func:`resolve` fills
+paper defaults and validates; :func:`run_id` / :func:`eval_id` are the identities.
+
+Nothing here imports torch; :func:`check_names` (datasets, nets) does, and only when called.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Mapping
+
+from hpcdd.config import (
+    EVAL_PREFIX, EvalConfig, RunConfig, eval_flat_names, field_names, from_dict, identity_hash,
+    non_default, to_dict,
+)
+from hpcdd.errors import ConfigError
+from hpcdd.specs import METHODS, PREREQS, SAMPLERS, MethodSpec, PrereqRef
+from hpcdd.specs.base import param_names
+from hpcdd.specs.dsa import check_strategy, default_strategy
+
+NESTED = ("params", "sampler_params")
+"""RunConfig fields that hold the method's / sampler's own parameters."""
+
+
+def run_fields() -> tuple[str, ...]:
+    """RunConfig's own (top-level) fields, without the nested parameter mappings."""
+    return tuple(n for n in field_names(RunConfig) if n not in NESTED)
+
+
+def method_param_names() -> list[str]:
+    """Every parameter name of every registered method (flat keys), sorted, unique."""
+    return sorted({n for m in METHODS.names() for n in param_names(METHODS.get(m).params)})
+
+
+def sampler_param_names() -> list[str]:
+    return sorted({n for s in SAMPLERS.names() for n in param_names(SAMPLERS.get(s).params)})
+
+
+def flat_names() -> list[str]:
+    """Every flat config key: run fields, method and sampler parameters, evaluation keys."""
+    return [*run_fields(), *method_param_names(), *sampler_param_names(), *eval_flat_names()]
+
+
+def check_registries() -> None:
+    """Parameter names never shadow run/eval keys, and method and sampler parameters never share
+    a name, so every flat key has one owner (tests call this over every registered spec)."""
+    reserved = set(field_names(RunConfig)) | set(eval_flat_names())
+    methods, samplers = set(method_param_names()), set(sampler_param_names())
+    for what, names in (("method", methods), ("sampler", samplers)):
+        clash = sorted(names & reserved)
+        if clash:
+            raise ValueError(f"{what} parameter(s) {clash} shadow RunConfig/EvalConfig keys")
+    if methods & samplers:
+        raise ValueError(f"method and sampler parameters share names: {sorted(methods & samplers)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# flat keys -> configs
+
+
+def configs_from_flat(data: Mapping[str, Any], where: str = "config") -> tuple[RunConfig, EvalConfig]:
+    """(RunConfig, EvalConfig), both unresolved, from flat user keys (and/or nested ``params`` /
+    ``sampler_params`` mappings, as config.yaml stores them). Unknown keys raise ``ConfigError``.
+
+    For a generator method, ``ipc`` is how many images per class its evaluation draws, so it
+    becomes ``eval_ipc`` (unless that is given): one generator serves every ipc.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where} must be a mapping of config keys, got {type(data).__name__}")
+    run: dict[str, Any] = {}
+    ev: dict[str, Any] = {}
+    nested = {name: _mapping(data.get(name), f"{where}: {name}") for name in NESTED}
+    flat_params: dict[str, dict[str, Any]] = {name: {} for name in NESTED}
+    top, evals = set(run_fields()), set(eval_flat_names())
+    method = METHODS.get(_name(data.get("method", RunConfig.method), "method", where))
+    sampler = SAMPLERS.get(_name(data.get("sampler", RunConfig.sampler), "sampler", where))
+    owners = {"params": set(param_names(method.params)), "sampler_params": set(param_names(sampler.params))}
+    unknown = []
+    for key, value in data.items():
+        if key in NESTED:
+            continue
+        if key in top:
+            run[key] = value
+        elif key in evals:
+            ev[key[len(EVAL_PREFIX):]] = value
+        elif key in owners["params"]:
+            flat_params["params"][key] = value
+        elif key in owners["sampler_params"]:
+            flat_params["sampler_params"][key] = value
+        elif value is None and (key in method_param_names() or key in sampler_param_names()):
+            continue  # another method's parameter set to null (e.g. a zip row): not applicable
+        else:
+            unknown.append(str(key))
+    if unknown:
+        raise ConfigError(_unknown_message(unknown, method, sampler.name, where))
+    for name in NESTED:
+        both = sorted(set(nested[name]) & set(flat_params[name]))
+        if both:
+            raise ConfigError(f"{where}: {', '.join(both)} set both flat and under {name}")
+        run[name] = {**nested[name], **flat_params[name]}
+    if method.output == "generator" and run.get("ipc") is not None and "ipc" not in ev:
+        ev["ipc"] = run["ipc"]
+    return from_dict(RunConfig, run, where=where), from_dict(EvalConfig, ev, where=where)
+
+
+def _name(value: Any, key: str, where: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: config key {key!r} must be a name, got {value!r}")
+    return value
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}")
+    return dict(value)
+
+
+def _unknown_message(unknown: list[str], method: MethodSpec, sampler: str, where: str) -> str:
+    owned = [n for n in unknown if n in method_param_names() or n in sampler_param_names()]
+    if owned:
+        mine = ", ".join(param_names(method.params)) or "none"
+        return (f"{where}: {', '.join(owned)} is not a parameter of method {method.name} or sampler "
+                f"{sampler} (method {method.name} parameters: {mine})")
+    return f"unknown key(s) in {where}: {', '.join(unknown)}"
+
+
+# ----------------------------------------------------------------------------------------------
+# resolution and identity
+
+
+def resolve(cfg: RunConfig) -> RunConfig:
+    """The config that actually runs: method defaults filled, parameters complete and checked.
+
+    Pure and torch-free (dataset and net names are checked by :func:`check_names`).
+    """
+    method = METHODS.get(cfg.method)
+    sampler = SAMPLERS.get(cfg.sampler)
+    if not method.samplers and cfg.sampler != "random":
+        raise ConfigError(f"method {cfg.method} draws no real images, so it takes no sampler "
+                          f"(got sampler {cfg.sampler!r})")
+    updates: dict[str, Any] = {k: v for k, v in method.defaults.items() if getattr(cfg, k) is None}
+    updates.update(method.fixed)
+    if method.output == "generator":
+        updates["ipc"] = None  # set per evaluation
+    params = from_dict(method.params, cfg.params, where=f"method {cfg.method} parameters")
+    sparams = from_dict(sampler.params, cfg.sampler_params, where=f"sampler {cfg.sampler} parameters")
+    updates["params"] = to_dict(params)
+    updates["sampler_params"] = to_dict(sparams)
+    if cfg.dsa_strategy is None:
+        updates["dsa_strategy"] = default_strategy(cfg.dataset)
+    else:
+        check_strategy(cfg.dsa_strategy)
+    out = dataclasses.replace(cfg, **updates)
+    if method.output == "images" and out.ipc is None:
+        raise ConfigError(f"method {cfg.method} needs ipc (images per class)")
+    if method.check is not None:
+        method.check(out)
+    return out
+
+
+def run_id(cfg: RunConfig) -> str:
+    """12-hex-digit identity of a *resolved* config: hash of its non-default values, with the
+    method's and sampler's parameters compared to their own defaults."""
+    canon = {k: v for k, v in non_default(cfg).items() if k not in NESTED}
+    method, sampler = METHODS.get(cfg.method), SAMPLERS.get(cfg.sampler)
+    for name, cls in (("params", method.params), ("sampler_params", sampler.params)):
+        changed = non_default(from_dict(cls, getattr(cfg, name), where=f"{cfg.method} {name}"))
+        if changed:
+            canon[name] = changed
+    return identity_hash(canon)
+
+
+def resolve_eval(ev: EvalConfig, run: RunConfig) -> EvalConfig:
+    """Check an evaluation against the (resolved) run it evaluates."""
+    method = METHODS.get(run.method)
+    if method.output == "images":
+        if ev.kind == "resample":
+            raise ConfigError(f"eval_kind resample draws fresh images from a generator; method "
+                              f"{run.method} distils a fixed image set (use eval_kind fixed)")
+        if ev.ipc is not None and ev.ipc != run.ipc:
+            raise ConfigError(f"eval_ipc {ev.ipc} differs from the run's ipc {run.ipc}: a fixed "
+                              "image set is evaluated as distilled")
+    elif ev.ipc is None:
+        raise ConfigError(f"method {run.method} distils a generator: give the images per class "
+                          "to draw for evaluation with eval_ipc (or ipc)")
+    return ev
+
+
+def eval_id(ev: EvalConfig) -> str:
+    """12-hex-digit identity of an evaluation (hash of its non-default values)."""
+    return identity_hash(non_default(ev))
+
+
+def effective_ipc(run: RunConfig, ev: EvalConfig) -> int | None:
+    """Images per class the evaluation trains on."""
+    return ev.ipc if ev.ipc is not None else run.ipc
+
+
+# ----------------------------------------------------------------------------------------------
+# prerequisites
+
+
+def prerequisites(cfg: RunConfig) -> list[PrereqRef]:
+    """The prerequisite artefacts a resolved config needs, in build order."""
+    method = METHODS.get(cfg.method)
+    return list(method.prerequisites(cfg)) if method.prerequisites else []
+
+
+def prereq_id(ref: PrereqRef) -> str:
+    return identity_hash({"kind": ref.kind, **non_default(ref.config)})
+
+
+def prereq_from_dict(kind: str, data: Mapping[str, Any], where: str = "prerequisite") -> PrereqRef:
+    spec = PREREQS.get(kind)
+    return PrereqRef(kind, from_dict(spec.config, data, where=where))
+
+
+# ----------------------------------------------------------------------------------------------
+# names that need the torch-side registries, and flat rows
+
+
+def check_names(cfg: RunConfig, evals: Iterable[EvalConfig] = ()) -> None:
+    """Dataset and net names exist (imports the data and net registries, hence torch)."""
+    from hpcdd.data import DATASETS
+    from hpcdd.nets import NETS
+
+    DATASETS.get(cfg.dataset)
+    NETS.get(cfg.net)
+    for ev in evals:
+        for name in ev.models:
+            NETS.get(name)
+
+
+def flat_run(cfg: RunConfig) -> dict[str, Any]:
+    """The run's flat keys (result rows, CSV columns): fields, then its parameters by name."""
+    d = to_dict(cfg)
+    out = {k: d[k] for k in run_fields()}
+    out.update(d["params"])
+    out.update(d["sampler_params"])
+    return out
+
+
+__all__ = [
+    "configs_from_flat", "resolve", "run_id", "resolve_eval", "eval_id", "effective_ipc",
+    "prerequisites", "prereq_id", "prereq_from_dict", "check_names", "flat_run", "flat_names",
+    "run_fields", "check_registries", "method_param_names", "sampler_param_names", "NESTED",
+]

@@ -1,0 +1,129 @@
+"""The resumable step loop shared by distillations and prerequisite jobs.
+
+``run_steps`` resumes a ``Steppable`` from the newest valid checkpoint, steps it to ``total``,
+logs each step's metrics to ``metrics.jsonl``, and checkpoints atomically every
+``checkpoint_every`` steps, every ``checkpoint_minutes`` of wall time (so an outside requeue or a
+node failure loses at most that much), and when ``should_stop()`` turns true (then it raises
+``Interrupted``). A non-finite loss stops the run with ``NonFiniteLossError``; the checkpoints on
+disk are never touched by it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from hpcdd.config import ExecConfig
+from hpcdd.errors import NonFiniteLossError
+from hpcdd.io import append_line, atomic_write_text, read_jsonl
+from hpcdd.rundir import CHECKPOINTS, METRICS, log
+from hpcdd.runtime.checkpoint import checkpoint_files, load_latest, save_checkpoint
+from hpcdd.runtime.preempt import Interrupted
+
+
+class Steppable(Protocol):
+    """What the loop drives: a distillation (with its sampler) or a prerequisite job."""
+
+    def step(self, it: int) -> dict[str, float]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def run_steps(
+    job: Steppable,
+    *,
+    total: int,
+    run_dir: Path,
+    ident: str,
+    exec_cfg: ExecConfig,
+    should_stop: Callable[[], bool] | None = None,
+    desc: str = "",
+    after_step: Callable[[int], None] | None = None,
+) -> tuple[float, int]:
+    """Step ``job`` from its newest checkpoint to ``total``; returns (seconds, start iteration).
+
+    ``after_step(done_iterations)`` runs after each step's metrics are logged (quick evals).
+    ``seconds`` counts the compute time of every attempt, carried across resumes.
+    """
+    ckpt_dir = run_dir / CHECKPOINTS
+    metrics_path = run_dir / METRICS
+    state = load_latest(ckpt_dir, ident, restore=lambda s: _restore(job, s))
+    start, elapsed = 0, 0.0
+    if state is not None:
+        start, elapsed = int(state["it"]), float(state["seconds"])
+    truncate_metrics(metrics_path, start)  # rows of an attempt that left no checkpoint: redone
+    if state is not None:
+        log(run_dir, f"resumed at iteration {start}")
+        append_line(metrics_path, json.dumps({"event": "resume", "it": start}))
+    t0 = time.perf_counter() - elapsed
+    last_save = time.monotonic()
+
+    def checkpoint(done: int) -> None:
+        nonlocal last_save
+        save_checkpoint(ckpt_dir, done, {"run_id": ident, "job": job.state_dict(),
+                                         "torch_rng": torch.get_rng_state(),
+                                         "seconds": time.perf_counter() - t0})
+        last_save = time.monotonic()
+        log(run_dir, f"checkpoint at iteration {done}")
+
+    bar = tqdm(range(start, total), desc=desc, disable=not exec_cfg.progress, initial=start, total=total)
+    for it in bar:
+        metrics = job.step(it)
+        loss = metrics.get("loss", 0.0)
+        if not math.isfinite(loss):
+            kept = checkpoint_files(ckpt_dir)
+            where = (f"the last good checkpoint (iteration {kept[0][0]}) is kept in {ckpt_dir}" if kept
+                     else "no checkpoint had been written yet")
+            msg = f"non-finite loss ({loss}) at iteration {it}; {where}"
+            log(run_dir, msg)
+            raise NonFiniteLossError(msg)
+        append_line(metrics_path, json.dumps({"it": it, **metrics}))
+        bar.set_postfix(loss=f"{loss:.4g}")
+        done = it + 1
+        if after_step is not None:  # quick evals: not counted as distillation time
+            spent = time.perf_counter()
+            after_step(done)
+            t0 += time.perf_counter() - spent
+        stop = should_stop is not None and should_stop()
+        due = done % exec_cfg.checkpoint_every == 0 or (
+            time.monotonic() - last_save >= 60 * exec_cfg.checkpoint_minutes)
+        if (stop or due) and done < total:
+            checkpoint(done)
+        if stop and done < total:
+            log(run_dir, f"stopping after iteration {done} (preemption/timeout)")
+            raise Interrupted(done)
+    return time.perf_counter() - t0, start
+
+
+def _restore(job: Steppable, state: dict[str, Any]) -> None:
+    job.load_state_dict(state["job"])
+    torch.set_rng_state(state["torch_rng"])
+
+
+def truncate_metrics(path: Path, start: int) -> None:
+    """Drop metric rows logged after the checkpoint we resume from (they will be redone).
+
+    Loss rows carry the iteration index (``it < start`` were done); eval rows carry the number
+    of completed iterations (``it <= start`` were done). Unreadable lines are dropped.
+    """
+    if not path.exists():
+        return
+    rows = [r for r in read_jsonl(path) if _kept(r, start)]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _kept(row: dict[str, Any], start: int) -> bool:
+    try:
+        it = int(row.get("it", 0))
+    except (TypeError, ValueError):
+        return False
+    return it < start or ("eval_acc" in row and it == start)
+
+
+__all__ = ["Steppable", "run_steps", "truncate_metrics"]

@@ -1,0 +1,180 @@
+"""Specs: what each method, sampler and prerequisite *is*, declared without torch.
+
+A spec names its parameters (a frozen dataclass with the paper defaults, one docstring line per
+field, validation in ``__post_init__``), what it needs built first, what it produces, and where
+its implementation lives (``"module:Class"``, imported only when something runs). Resolving
+configs, computing identities, expanding grids and ``sweep status`` therefore never import torch
+or a method's code.
+
+Registries are explicit dicts; a duplicate name raises. Modules named in ``$HPCDD_PLUGINS``
+(comma-separated) are imported on first use, so a lab's own methods register like built-ins
+(and reach array tasks, which inherit the environment).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
+
+from hpcdd.config import RunConfig, check_config
+from hpcdd.errors import ConfigError
+
+PLUGINS_ENV = "HPCDD_PLUGINS"
+OUTPUTS = ("images", "generator")
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """A method or sampler without parameters of its own."""
+
+    def __post_init__(self) -> None:
+        check_config(self)
+
+
+@dataclass(frozen=True)
+class PrereqRef:
+    """One prerequisite a run needs: its kind and its resolved config (identity: the catalog)."""
+
+    kind: str
+    """Registered prerequisite kind, e.g. gan_pretrain."""
+    config: Any
+    """The prerequisite's config dataclass instance."""
+    role: str = ""
+    """What the dependant calls it (e.g. 'gan'); several refs of one kind need distinct roles."""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A distillation method."""
+
+    name: str
+    """Registry name (``method:`` in configs)."""
+    impl: str
+    """``module:Class`` of the Distiller, imported only to run."""
+    summary: str
+    """One line for --help and docs."""
+    params: type = NoParams
+    """Frozen dataclass of the method's own parameters (defaults = the paper's)."""
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    """RunConfig fields filled in when null (e.g. iterations, batch_real)."""
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    """RunConfig fields this method always resolves to (e.g. iterations=0 for coresets)."""
+    output: str = "images"
+    """What the artefact is: 'images' (a fixed synthetic set) or 'generator'."""
+    samplers: bool = True
+    """Whether the method draws real images through a sampler (random, dream)."""
+    prerequisites: Callable[[RunConfig], list[PrereqRef]] | None = None
+    """Prerequisites of a resolved config, built first and shared by every run that needs them."""
+    check: Callable[[RunConfig], None] | None = None
+    """Checks across fields of a resolved config (e.g. parameters that depend on ipc); raises
+    ``ConfigError``. Runs at resolution, so a bad grid point is refused before anything runs."""
+
+    def __post_init__(self) -> None:
+        if self.output not in OUTPUTS:
+            raise ValueError(f"method {self.name}: output must be one of {OUTPUTS}")
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """How a matching method draws its real images."""
+
+    name: str
+    impl: str
+    summary: str
+    params: type = NoParams
+
+
+@dataclass(frozen=True)
+class PrereqSpec:
+    """A prerequisite artefact: a job with its own config, identity and directory."""
+
+    kind: str
+    """Registry name; artefacts live in ARTEFACT_ROOT/<kind>/<id>."""
+    impl: str
+    """``module:Class`` of the job (a Steppable, see hpcdd.prereq)."""
+    summary: str
+    config: type
+    """Frozen dataclass of its config (the identity hashes its non-default values)."""
+
+
+S = TypeVar("S")
+
+
+class SpecRegistry(Generic[S]):
+    """Name -> spec. ``kind`` names the registry in error messages."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, S] = {}
+
+    def add(self, name: str, spec: S) -> S:
+        if name in self._items:
+            raise ValueError(f"duplicate {self.kind} name {name!r}")
+        self._items[name] = spec
+        return spec
+
+    def get(self, name: str) -> S:
+        load_plugins()
+        try:
+            return self._items[name]
+        except KeyError:
+            raise ConfigError(
+                f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
+            ) from None
+
+    def names(self) -> list[str]:
+        load_plugins()
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        load_plugins()
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+METHODS: SpecRegistry[MethodSpec] = SpecRegistry("method")
+SAMPLERS: SpecRegistry[SamplerSpec] = SpecRegistry("sampler")
+PREREQS: SpecRegistry[PrereqSpec] = SpecRegistry("prerequisite kind")
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    return METHODS.add(spec.name, spec)
+
+
+def register_sampler(spec: SamplerSpec) -> SamplerSpec:
+    return SAMPLERS.add(spec.name, spec)
+
+
+def register_prereq(spec: PrereqSpec) -> PrereqSpec:
+    return PREREQS.add(spec.kind, spec)
+
+
+def load_plugins() -> None:
+    """Import the modules named in ``$HPCDD_PLUGINS`` (a no-op for those already imported)."""
+    for name in filter(None, (n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(","))):
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"cannot import plugin module {name!r} from ${PLUGINS_ENV}: {e}") from None
+
+
+def load_impl(path: str) -> Any:
+    """The object named by ``"module:attr"`` (imports the module)."""
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def param_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+__all__ = [
+    "NoParams", "PrereqRef", "MethodSpec", "SamplerSpec", "PrereqSpec", "SpecRegistry",
+    "METHODS", "SAMPLERS", "PREREQS", "register_method", "register_sampler", "register_prereq",
+    "load_impl", "load_plugins", "param_names", "PLUGINS_ENV",
+]

@@ -1,0 +1,157 @@
+"""Hostile and mistaken input, through the ``hpcdd`` command as a user types it: every case exits
+with code 2, prints ONE line on stderr, and leaves the disk exactly as it was."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpcdd.cli import main
+from hpcdd.run import run_one
+
+from helpers import QUIET, tiny
+
+TINY = ["--dataset", "digits", "--ipc", "1", "--iterations", "2", "--batch-real", "8",
+        "--eval-epochs", "1", "--eval-n", "1", "--no-progress"]
+GRID_BASE = "name: g\nbase: {dataset: digits, method: dm, ipc: 1, iterations: 2}\n"
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file and directory under ``root`` with a digest of its content."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+    return out
+
+
+def refused(capsys, root: Path, *argv: str) -> str:
+    """Run ``hpcdd ARGV``; assert exit 2, one stderr line, nothing changed under ``root``."""
+    before = snapshot(root)
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse usage errors
+        code = e.code
+    _, err = capsys.readouterr()
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert snapshot(root) == before
+    return err
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A distilled (not evaluated) digits run to evaluate with broken artefacts."""
+    d = tmp_path_factory.mktemp("bad") / "run"
+    run_one(tiny(method="random", ipc=1), d, QUIET, evaluate=False)
+    return d
+
+
+# ----------------------------------------------------------------------------------------------
+# distill / run
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--method", "nope"], "unknown method 'nope'"),
+    (["--sampler", "nope"], "unknown sampler 'nope'"),
+    (["--dataset", "nope"], "unknown dataset 'nope'"),
+    (["--eval-models", "convnet3,nope"], "unknown net 'nope'"),
+    (["--momentum-img", "-1"], "momentum_img must be in [0, 1)"),
+    (["--lr-img", "0"], "lr_img must be > 0"),
+    (["--method", "random", "--lr-img", "0.1"], "lr_img is not a parameter of method random"),
+    (["--eval-kind", "resample"], "eval_kind resample draws fresh images from a generator"),
+    (["--ipc", "500", "--method", "kcenter"], "exceeds the smallest class"),
+    (["--eval-epochs", "0"], "eval_epochs must be >= 1"),
+    (["--threads", "0"], "threads must be between"),
+])
+def test_distill_refuses(capsys, tmp_path, flags, words):
+    err = refused(capsys, tmp_path, "distill", *TINY, *flags, "--out", str(tmp_path / "r"))
+    assert words in err
+
+
+def test_empty_out_is_refused(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert "--out must name a directory" in refused(capsys, tmp_path, "distill", *TINY, "--out", "")
+
+
+def test_distill_into_another_finished_run(capsys, finished):
+    err = refused(capsys, finished.parent, "distill", *TINY, "--method", "random", "--seed", "7",
+                  "--out", str(finished))
+    assert "already holds a different run" in err
+
+
+@pytest.mark.parametrize("text, words", [
+    (b"ipc: [1, 2]\n", "'ipc' must be int"),
+    (b"ipc: 1\nipc: 2\n", "duplicate key 'ipc'"),
+    (b"lr_img: 1e-3\nmomentum_img: 2\n", "momentum_img must be in [0, 1)"),  # 1e-3 itself is fine
+    (b"\xff\xfe ipc: 1\n", "UTF-8"),
+    (b"x: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nest"),
+    (b"exec: {checkpoint_every: often}\n", "checkpoint_every"),
+])
+def test_config_files(capsys, tmp_path, text, words):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_bytes(text)
+    err = refused(capsys, tmp_path, "distill", "--config", str(cfg), "--dataset", "digits", "--out", str(tmp_path / "r"))
+    assert words in err
+
+
+# ----------------------------------------------------------------------------------------------
+# grid files
+
+
+@pytest.mark.parametrize("text, words", [
+    (GRID_BASE + "grid: {seed: [" + ",".join(map(str, range(10000))) + "], batch_real: ["
+     + ",".join(map(str, range(1, 10001))) + "]}\n", "100,000,000 points"),
+    (GRID_BASE + "grid: {ipc: [1]}\ngrid: {ipc: [2]}\n", "duplicate key 'grid'"),
+    (GRID_BASE + "slurm: {mem_gb: .nan}\n", "finite"),
+    (GRID_BASE + "grid: {momentum_img: [-1]}\n", "momentum_img must be in [0, 1)"),
+    (GRID_BASE + "grid: {ipc: [1, 2]}\nevals: [{eval_ipc: 3}]\n", "eval_ipc 3 differs"),
+    ("name: g\nbase: " + "[" * 3000 + "]" * 3000 + "\n", "nest"),
+])
+def test_grid_files(capsys, tmp_path, text, words):
+    grid = tmp_path / "g.yaml"
+    grid.write_text(text)
+    err = refused(capsys, tmp_path, "sweep", "launch", str(grid), "--out", str(tmp_path / "runs"),
+                  "--cluster", "debug")
+    assert words in err
+
+
+def test_learning_rates_written_1e_minus_3_are_numbers(tmp_path, capsys):
+    grid = tmp_path / "g.yaml"
+    grid.write_text(GRID_BASE + "grid: {lr_img: [1e-3, 5e-2]}\n")
+    assert main(["sweep", "launch", str(grid), "--out", str(tmp_path / "runs"), "--dry-run", "--cluster", "local"]) == 0
+    assert "0.001" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluate on a broken synset.pt: validated against the dataset before any training
+
+
+def _break(run: Path, change) -> None:
+    state = torch.load(run / "synset.pt", weights_only=True)
+    change(state)
+    torch.save(state, run / "synset.pt")
+
+
+@pytest.mark.parametrize("case, change, words", [
+    ("shape", lambda s: s.update(images=s["images"][:, :, :20, :20]), "images have shape"),
+    ("channels", lambda s: s.update(images=s["images"].repeat(1, 3, 1, 1)), "images have shape"),
+    ("labels", lambda s: s.update(labels=s["labels"] + 10), "labels outside 0..9"),
+    ("fewer labels", lambda s: s.update(labels=s["labels"][:-1]), "images but 9 labels"),
+    ("nan", lambda s: s.update(images=torch.full_like(s["images"], float("nan"))), "NaN"),
+])
+def test_evaluate_refuses_a_broken_synset(capsys, finished, tmp_path, case, change, words):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    _break(run, change)
+    err = refused(capsys, tmp_path, "evaluate", str(run), "--eval-epochs", "1", "--eval-n", "1", "--no-progress")
+    assert words in err
+
+
+def test_show_with_a_bad_scale(capsys, finished, tmp_path):
+    refused(capsys, finished, "show", str(finished), "--scale", "0", "-o", str(tmp_path / "g.png"))

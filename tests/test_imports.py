@@ -1,0 +1,63 @@
+"""The light commands start without torch and without any method: --help, sweep status,
+aggregate, table and plot (checked on sys.modules after each, in a fresh interpreter)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+FIX = Path(__file__).resolve().parent / "fixtures" / "fake_sweep" / "main"
+
+CHECK = """
+import sys
+from hpcdd.cli import main
+try:
+    rc = main({argv!r})
+except SystemExit as e:
+    rc = e.code
+heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'submitit')
+               or m in ('hpcdd.run', 'hpcdd.prereq', 'hpcdd.evaluate', 'hpcdd.sources')
+               or m.startswith(('hpcdd.distill', 'hpcdd.select', 'hpcdd.nets', 'hpcdd.data')))
+print('HEAVY', heavy, file=sys.stderr)
+sys.exit(rc)
+"""
+
+
+def loaded(argv: list[str], cwd: Path) -> list[str]:
+    proc = subprocess.run([sys.executable, "-c", CHECK.format(argv=argv)], capture_output=True, text=True,
+                          cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    line = next(l for l in proc.stderr.splitlines() if l.startswith("HEAVY "))
+    return eval(line[len("HEAVY "):])  # a list literal printed by the child
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("light")
+    path = d / "g.yaml"
+    path.write_text(yaml.safe_dump({"name": "light", "base": {"dataset": "digits", "ipc": 1},
+                                    "grid": {"method": ["dm", "random"]}, "seeds": 3}))
+    return path
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["sweep", "--help"], ["distill", "--help"]])
+def test_help_imports_nothing_heavy(argv, tmp_path):
+    assert loaded(argv, tmp_path) == []
+
+
+def test_sweep_status_and_dry_run_import_nothing_heavy(grid, tmp_path):
+    assert loaded(["sweep", "status", str(grid), "--out", str(tmp_path / "runs")], tmp_path) == []
+    assert loaded(["sweep", "launch", str(grid), "--out", str(tmp_path / "runs"), "--cluster", "local",
+                   "--dry-run"], tmp_path) == []
+
+
+def test_report_commands_import_no_torch(tmp_path):
+    csv = tmp_path / "r.csv"
+    assert loaded(["aggregate", str(FIX), "-o", str(csv)], tmp_path) == []
+    assert loaded(["table", str(csv), "--protocol", "dc1000", "--where", "dataset=fashionmnist"], tmp_path) == []
+    assert loaded(["plot", str(csv), "--protocol", "dc1000", "--where", "dataset=fashionmnist",
+                   "-o", str(tmp_path / "p")], tmp_path) == []
