@@ -15,10 +15,13 @@ Methods:
   faiss            hpcdd kmeans(backend='faiss'): seeded greedy k-means++ init, then FAISS Lloyd's
   torch            hpcdd kmeans(backend='torch'); on per-class also 'torch-loop' (one call per class)
 Inertia is always ``hpcdd.select.kmeans.inertia(x, centroids)`` (float64, nearest centroid, all
-points), so every method is scored the same way. --sklearn-classes limits the slow reference to
-the first N classes; per-class ratios are computed over the classes both methods ran.
-Writes results/bench_kmeans.csv (overwrites) with provenance columns.
-Usage: python bench/bench_kmeans.py [--niter 20] [--k 256] [--sklearn-classes 3]
+points), so every method is scored the same way. --sklearn-classes limits the slow sklearn rows
+to the first N classes; per-class ratios are computed over the classes both methods ran, and
+per-class speedups scale sklearn's time per class to the row's number of classes.
+On a shared 2-core machine OpenMP's thread barriers cost more than they save for small ops;
+--threads 1 gives steadier numbers (the CSV records threads and the load average per row).
+Writes results/bench_kmeans.csv (overwrites, or --append) with provenance columns.
+Usage: python bench/bench_kmeans.py [--niter 20] [--k 256] [--sklearn-classes 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import numpy as np
 import sklearn
 import torch
 from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 
 from hpcdd.data import load_dataset
 from hpcdd.io import now_utc
@@ -139,12 +143,19 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--classes", type=int, default=10)
-    ap.add_argument("--sklearn-classes", type=int, default=3, help="classes the sklearn reference runs on")
+    ap.add_argument("--sklearn-classes", type=int, default=3, help="classes the two sklearn rows run on")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for torch, FAISS and sklearn's BLAS/OpenMP (default: the libraries' own)")
+    ap.add_argument("--append", action="store_true", help="append to --out instead of overwriting it")
     ap.add_argument("--n", type=int, default=None, help="use only the first N rows (a quick smoke run)")
     ap.add_argument("--skip", default="", help="comma-separated method names to skip")
     ap.add_argument("--cache", default="/tmp/hpcdd_bench_kmeans")
     ap.add_argument("--out", default="results/bench_kmeans.csv")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
+        threadpool_limits(args.threads)
     x_all, labels = embeddings(Path(args.cache), args.seed)
     if args.n:
         x_all, labels = x_all[: args.n], labels[: args.n]
@@ -164,7 +175,7 @@ def main() -> None:
         for mname, (fn, settings) in methods(args.k, args.niter, args.seed, pname == "per-class").items():
             if mname in skip:
                 continue
-            run_xs = xs[: args.sklearn_classes] if mname == "sklearn" and pname == "per-class" else xs
+            run_xs = xs[: args.sklearn_classes] if mname.startswith("sklearn") and pname == "per-class" else xs
             fits, wall, cpu, load = timed(fn, run_xs)
             per = [km.inertia(torch.from_numpy(x), torch.from_numpy(c)) for x, (c, _) in zip(run_xs, fits)]
             iters = sorted({it for _, it in fits})
@@ -185,6 +196,11 @@ def main() -> None:
     fields = list(dict.fromkeys(f for r in rows for f in r))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.append and out.exists():
+        with open(out, newline="") as f:
+            old = list(csv.DictReader(f))
+        rows = old + rows
+        fields = list(dict.fromkeys([*(f for r in old for f in r), *fields]))
     with open(out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()

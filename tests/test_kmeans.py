@@ -152,8 +152,13 @@ def test_faiss_unimportable(monkeypatch):
     assert r.backend == "torch"
 
 
-def test_auto_prefers_faiss():
+def test_auto_prefers_faiss_but_keeps_cuda_input_on_the_gpu(monkeypatch):
     assert km.kmeans(blobs(20, 3), 3, seed=0).backend == "faiss-cpu"
+    cuda = torch.device("cuda", 0)
+    assert km._resolve_backend("auto", cuda) == "torch"  # this faiss has no GPU support
+    assert km._resolve_backend("faiss", cuda) == "faiss"  # explicit: CPU FAISS
+    monkeypatch.setattr(km, "_faiss_gpu_device", lambda f, device: 0)
+    assert km._resolve_backend("auto", cuda) == "faiss"
 
 
 def test_faiss_gpu_unavailable_falls_back_to_cpu(monkeypatch):

@@ -42,7 +42,8 @@ features, k=256, against scikit-learn ``KMeans(n_init=1, init="k-means++")``; se
 - **GPU.** With a GPU build of FAISS (``faiss.StandardGpuResources`` present and
   ``faiss.get_num_gpus() > 0``) and ``x`` on a CUDA device, FAISS clusters on that one device
   (``GpuIndexFlatConfig.device``), never on all visible GPUs. Without one it falls back to CPU
-  FAISS (a warning if the GPU resources fail to start). ``backend="torch"`` runs on ``x``'s
+  FAISS (a warning if the GPU resources fail to start); ``backend="auto"`` then picks torch
+  instead, which stays on the GPU. ``backend="torch"`` runs on ``x``'s
   device and batches all problems into one ``(B, n, k)`` distance per iteration: the fast path
   for DREAM's many small fits on a GPU.
 """
@@ -62,7 +63,7 @@ from hpcdd.errors import ConfigError
 from hpcdd.seeding import derive_seed, generator
 
 DEFAULT_NITER = 20
-BACKENDS = ("auto", "faiss", "torch")
+BACKENDS = ("auto", "faiss", "torch")  # auto: FAISS if importable (and GPU-capable for CUDA input), else torch
 INITS = ("k-means++", "random")
 _CHUNK_ELEMS = 1 << 24  # at most this many float32 distances (64 MiB) per block
 
@@ -135,7 +136,7 @@ def kmeans_batched(
     _validate(xb, lens, k, niter, backend, init, seeds)
     if min(max_points_per_centroid, init_points_per_centroid) < 1:
         raise ConfigError("max_points_per_centroid and init_points_per_centroid must be >= 1")
-    name = _resolve_backend(backend)
+    name = _resolve_backend(backend, xb.device)
     trials = n_local_trials if n_local_trials is not None else 2 + int(math.log(k))
     gens = [generator(s, "kmeans") for s in seeds]
     train_lens = [min(n, max_points_per_centroid * k) for n in lens]
@@ -256,15 +257,19 @@ def _import_faiss() -> ModuleType | None:
     return faiss
 
 
-def _resolve_backend(backend: str) -> str:
+def _resolve_backend(backend: str, device: torch.device) -> str:
+    """``faiss`` or ``torch``; ``auto`` keeps CUDA inputs on their GPU unless FAISS can use it."""
     if backend == "torch":
         return "torch"
-    if _import_faiss() is not None:
-        return "faiss"
-    if backend == "faiss":
-        raise ConfigError("k-means backend 'faiss' needs the faiss module: pip install faiss-cpu "
-                          "(or faiss-gpu-cu12), or use backend='torch'")
-    return "torch"
+    faiss = _import_faiss()
+    if faiss is None:
+        if backend == "faiss":
+            raise ConfigError("k-means backend 'faiss' needs the faiss module: pip install faiss-cpu "
+                              "(or faiss-gpu-cu12), or use backend='torch'")
+        return "torch"
+    if backend == "auto" and device.type == "cuda" and _faiss_gpu_device(faiss, device) is None:
+        return "torch"  # CPU FAISS would copy to the host and lose to torch on the GPU
+    return "faiss"
 
 
 def _subsample(xb: torch.Tensor, lens: list[int], train_lens: list[int], gens) -> torch.Tensor:
