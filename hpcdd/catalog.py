@@ -68,8 +68,8 @@ def configs_from_flat(data: Mapping[str, Any], where: str = "config") -> tuple[R
     """(RunConfig, EvalConfig), both unresolved, from flat user keys (and/or nested ``params`` /
     ``sampler_params`` mappings, as config.yaml stores them). Unknown keys raise ``ConfigError``.
 
-    For a generator method, ``ipc`` is how many images per class its evaluation draws, so it
-    becomes ``eval_ipc`` (unless that is given): one generator serves every ipc.
+    For a generator method, ``ipc`` (given or its default) is how many images per class its
+    evaluation draws, so it becomes ``eval_ipc`` (unless that is given): one generator serves every ipc.
     """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where} must be a mapping of config keys, got {type(data).__name__}")
@@ -104,8 +104,8 @@ def configs_from_flat(data: Mapping[str, Any], where: str = "config") -> tuple[R
         if both:
             raise ConfigError(f"{where}: {', '.join(both)} set both flat and under {name}")
         run[name] = {**nested[name], **flat_params[name]}
-    if method.output == "generator" and run.get("ipc") is not None and "ipc" not in ev:
-        ev["ipc"] = run["ipc"]
+    if method.output == "generator" and "ipc" not in ev and run.get("ipc", RunConfig.ipc) is not None:
+        ev["ipc"] = run.get("ipc", RunConfig.ipc)
     return from_dict(RunConfig, run, where=where), from_dict(EvalConfig, ev, where=where)
 
 

@@ -59,3 +59,29 @@ def show_run(run_dir: Path, output: str | None = None, *, ipc: int | None = None
         f"run: hpcdd evaluate {run_dir}")
     what = f"{ipc or 10} generated images per class (seed {seed})" if output_kind == "generator" else "synthetic set"
     return f"{head}\nimage grid ({what}): {png}"
+
+
+def generate_synset(run_dir: Path, ipc: int, out: Path, *, seed: int = 0) -> tuple[Path, int]:
+    """Draw ``ipc`` images per class from a generator run and save them as a synset file."""
+    from hpcdd import rundir
+    from hpcdd.io import atomic_torch_save
+    from hpcdd.seeding import generator
+    from hpcdd.sources import load_source
+    from hpcdd.specs import METHODS
+
+    if ipc < 1:
+        raise ConfigError(f"--ipc must be >= 1, got {ipc}")
+    if seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {seed}")
+    if out.exists():
+        raise ConfigError(f"{out} exists; choose another --out")
+    cfg = rundir.read_config(run_dir)
+    if cfg is None or not rundir.is_done(run_dir):
+        raise RunDirError(f"{run_dir} is not a finished hpcdd run dir")
+    if METHODS.get(cfg.method).output != "generator":
+        raise ConfigError(f"{run_dir} holds a fixed image set ({cfg.method}); only generator runs can draw new images")
+    source, state = load_source(rundir.artefact_path(run_dir, "generator"), "generator")
+    syn = source.sample(ipc, generator(seed, "generate"))
+    atomic_torch_save(out, {**syn.state_dict(), "info": state.get("info"), "run_id": state.get("run_id"),
+                            "ipc": ipc, "seed": seed})
+    return out, len(syn.labels)

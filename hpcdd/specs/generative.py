@@ -1,0 +1,196 @@
+"""Generative distillation: a class-conditional GAN pretrained once (a prerequisite), then tuned so
+its images match real ones through a pool of models.
+
+* ``dim``: DiM (Wang et al., 2023): L = L_G + lambda_global * MSE(log_softmax logits, real vs
+  generated).
+* ``global_local``: Li et al. (2024), "Generative Dataset Distillation: Balancing Global Structure
+  and Local Details": the same plus lambda_local * MSE(mid-layer features, real vs generated).
+  ``dim`` is this method with lambda_local = 0.
+
+Defaults are DiM's official ones (``vimar-gu/DiM``; see ``hpcdd.gan_losses.DimRecipe``) and the
+paper's loss weights. The artefact is the generator: one run serves every ipc (set per
+evaluation). The pretraining is shared by every ``dim``/``global_local`` run of the same GAN
+config, whatever their seed, ipc or matching parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hpcdd.config import RunConfig, check_config
+from hpcdd.errors import ConfigError
+from hpcdd.names import NET_NAMES
+from hpcdd.specs.base import MethodSpec, PrereqRef, PrereqSpec, register_method, register_prereq
+
+LABEL_MODES = ("onehot", "embed")
+HEADS = ("acgan", "projection")
+PAIRINGS = ("paired", "class_mean")
+
+
+@dataclass(frozen=True)
+class GanPretrainConfig:
+    """Stage 1: WGAN-GP + ACGAN pretraining of DiM's conditional GAN on a dataset."""
+
+    dataset: str = "fashionmnist"
+    """Dataset the GAN learns."""
+    im_size: int | None = None
+    """Image size (null: the dataset's own)."""
+    epochs: int = 150
+    """Passes over the training set (DiM: 150)."""
+    steps: int | None = None
+    """Stop after this many steps (one generator and one critic update each) instead of epochs."""
+    batch: int = 128
+    """Real images per step (DiM: 128)."""
+    lr: float = 1e-4
+    """Adam learning rate of generator and critic (DiM: 1e-4, betas (0, 0.9))."""
+    gp_lambda: float = 10.0
+    """WGAN-GP weight."""
+    aux_weight: float = 1.0
+    """ACGAN class cross-entropy weight."""
+    nz: int = 100
+    """Noise dimensions (the first num_classes carry the one-hot label)."""
+    width: int = 196
+    """Channels of every GAN layer (DiM: 196)."""
+    label_mode: str = "onehot"
+    """How the label enters the generator: onehot (DiM, in the noise) or embed (learned)."""
+    head: str = "acgan"
+    """Critic's class conditioning: acgan (DiM, an auxiliary classifier) or projection."""
+    seed: int = 0
+    """Seed of the pretraining (independent of the runs' seeds, so they share it)."""
+
+    def __post_init__(self) -> None:
+        check_config(self)
+        for name in ("epochs", "batch", "nz", "width"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"gan {name} must be >= 1, got {getattr(self, name)}")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"gan steps must be >= 1, got {self.steps}")
+        if self.lr <= 0 or self.gp_lambda < 0 or self.aux_weight < 0:
+            raise ConfigError("gan lr must be > 0, gp_lambda and aux_weight >= 0")
+        if self.label_mode not in LABEL_MODES:
+            raise ConfigError(f"gan label_mode must be one of {', '.join(LABEL_MODES)}, got {self.label_mode!r}")
+        if self.head not in HEADS:
+            raise ConfigError(f"gan head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if self.seed < 0:
+            raise ConfigError(f"gan seed must be >= 0, got {self.seed}")
+
+
+@dataclass(frozen=True)
+class GenerativeParams:
+    """Stage 2 of ``global_local`` (and, with lambda_local 0, of ``dim``) and its pretraining."""
+
+    lambda_global: float = 0.01
+    """Weight of the global term: MSE of log-softmax logits, real vs generated (DiM: 0.01)."""
+    lambda_local: float = 0.001
+    """Weight of the local term: MSE of mid-layer features, real vs generated (Li et al.: 0.001)."""
+    local_layers: tuple[str, ...] = ("convnet3:block2", "resnet10:layer2", "resnet18:layer2")
+    """arch:layer of the local term for each pool model (ResNet layer2, ConvNet block 2)."""
+    local_pairing: str = "paired"
+    """Local term over paired samples (as the logits), or over per-class means (class_mean)."""
+    pool: tuple[str, ...] = ("convnet3", "resnet10", "resnet18")
+    """Pool models; one drawn per epoch, fresh, and trained on real batches between steps."""
+    pool_warmup: int = 16
+    """Real batches the pool model trains on before each generator step (DiM: 16)."""
+    pool_lr: float = 0.01
+    """Pool model SGD learning rate (momentum 0.9, weight decay 5e-4)."""
+    match_batch: int = 64
+    """Real (and generated) images per generator step (DiM: 64), drawn class-balanced."""
+    match_lr: float = 5e-6
+    """Adam learning rate of generator and critic in stage 2 (DiM: 5e-6; states from stage 1)."""
+    match_aug: str = "color_crop_cutout"
+    """DSA strategy of the matching batch (one draw shared by its real and generated images)."""
+    gan_epochs: int = 150
+    """Stage-1 pretraining epochs (DiM: 150)."""
+    gan_steps: int | None = None
+    """Stage-1 budget in steps instead of epochs (reduced budgets)."""
+    gan_batch: int = 128
+    """Stage-1 batch (DiM: 128)."""
+    gan_lr: float = 1e-4
+    """Stage-1 Adam learning rate (DiM: 1e-4)."""
+    gan_width: int = 196
+    """Channels of every GAN layer (DiM: 196)."""
+    gan_nz: int = 100
+    """Noise dimensions of the generator."""
+    gan_label_mode: str = "onehot"
+    """onehot (DiM) or embed (a learned label embedding)."""
+    gan_head: str = "acgan"
+    """acgan (DiM) or projection critic."""
+    gan_seed: int = 0
+    """Seed of the shared pretraining."""
+
+    def __post_init__(self) -> None:
+        check_config(self)
+        if self.lambda_global < 0 or self.lambda_local < 0:
+            raise ConfigError("lambda_global and lambda_local must be >= 0")
+        if not self.pool:
+            raise ConfigError("pool must name at least one model")
+        for item in self.local_layers:
+            arch, sep, layer = item.partition(":")
+            if not sep or not arch or not layer:
+                raise ConfigError(f"local_layers entries are arch:layer, got {item!r}")
+        if self.local_pairing not in PAIRINGS:
+            raise ConfigError(f"local_pairing must be one of {', '.join(PAIRINGS)}, got {self.local_pairing!r}")
+        for name in ("pool_warmup",):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("match_batch",):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.pool_lr <= 0 or self.match_lr <= 0:
+            raise ConfigError("pool_lr and match_lr must be > 0")
+
+    def layer_of(self, arch: str) -> str | None:
+        """The local-term layer of a pool model (None: the model has no entry)."""
+        for item in self.local_layers:
+            name, _, layer = item.partition(":")
+            if name == arch:
+                return layer
+        return None
+
+
+@dataclass(frozen=True)
+class DimParams(GenerativeParams):
+    """DiM: the generative method without the local term."""
+
+    lambda_local: float = 0.0
+    """Weight of the local term (DiM has none: 0)."""
+
+
+def pretrain_config(cfg: RunConfig) -> GanPretrainConfig:
+    """The stage-1 config a ``dim``/``global_local`` run needs (shared across seeds and ipc)."""
+    p = cfg.params
+    return GanPretrainConfig(
+        dataset=cfg.dataset, im_size=cfg.im_size, epochs=p["gan_epochs"], steps=p["gan_steps"],
+        batch=p["gan_batch"], lr=p["gan_lr"], nz=p["gan_nz"], width=p["gan_width"],
+        label_mode=p["gan_label_mode"], head=p["gan_head"], seed=p["gan_seed"])
+
+
+def _prerequisites(cfg: RunConfig) -> list[PrereqRef]:
+    return [PrereqRef("gan_pretrain", pretrain_config(cfg), role="gan")]
+
+
+def _check(cfg: RunConfig) -> None:
+    pretrain_config(cfg)  # validates the gan_* parameters as the prerequisite's config
+    p = cfg.params
+    unknown = [a for a in p["pool"] if a not in NET_NAMES]
+    if unknown:
+        raise ConfigError(f"unknown net {unknown[0]!r} in pool; choose from: {', '.join(NET_NAMES)}")
+    if p["lambda_local"] > 0:
+        archs = {item.partition(":")[0] for item in p["local_layers"]}
+        missing = [a for a in p["pool"] if a not in archs]
+        if missing:
+            raise ConfigError(f"local_layers names no layer for pool model(s) {', '.join(missing)}")
+
+
+register_prereq(PrereqSpec("gan_pretrain", "hpcdd.distill.gan:GanPretrain",
+                           "DiM's conditional WGAN-GP/ACGAN pretraining", GanPretrainConfig))
+register_method(MethodSpec(
+    name="global_local", impl="hpcdd.distill.generative:GenerativeDistiller", params=GenerativeParams,
+    summary="Li et al. 2024: a cGAN tuned by global logit and local feature matching over a model pool",
+    defaults={"iterations": 93750}, output="generator", prerequisites=_prerequisites, check=_check,
+))
+register_method(MethodSpec(
+    name="dim", impl="hpcdd.distill.generative:GenerativeDistiller", params=DimParams,
+    summary="DiM (Wang et al. 2023): a cGAN tuned by logit matching over a model pool",
+    defaults={"iterations": 93750}, output="generator", prerequisites=_prerequisites, check=_check,
+))
