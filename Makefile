@@ -1,5 +1,6 @@
 # hpcdd: two commands do all the set-up on a fresh machine:
-#   make demo   venv + install + Fashion-MNIST + a small real sweep -> results/demo.{csv,md}
+#   make demo   venv + install + Fashion-MNIST + a small real sweep -> runs/demo/, table printed
+#               (runs/demo.csv, runs/demo.md: untracked, so a checkout stays clean)
 #   make test   venv + install + the test suite (starts a local Slurm cluster for the sweep tests)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -29,9 +30,9 @@ data: setup
 
 demo: data
 	$(BIN)/hpcdd sweep launch launch/demo.yaml --out runs/demo --cluster local $(if $(DATA_ROOT),--data-root $(DATA_ROOT))
-	$(BIN)/hpcdd aggregate runs/demo -o results/demo.csv
-	$(BIN)/hpcdd table results/demo.csv --rows method --cols dataset,ipc -o results/demo.md
-	@cat results/demo.md
+	$(BIN)/hpcdd aggregate runs/demo -o runs/demo.csv
+	$(BIN)/hpcdd table runs/demo.csv --rows method --cols dataset,ipc -o runs/demo.md
+	@cat runs/demo.md
 
 # The committed Fashion-MNIST comparison (results/fmnist_ipc10.*): DM vs random at IPC 10.
 results-fmnist: data
