@@ -3,7 +3,8 @@
 Each step (``global_local``; ``dim`` is the same with lambda_local = 0), as DiM's
 ``pool_match.py`` plus Li et al.'s local term:
 
-1. The pool model: one of ``pool`` (ConvNet3 / ResNet10 / ResNet18) drawn per epoch, freshly
+1. The pool model: one of ``pool`` (ConvNet3 / ResNet10 / ResNet18) drawn per epoch (or every
+   ``pool_every`` steps, for short budgets), freshly
    initialised, then trained with SGD (lr 0.01, momentum 0.9, wd 5e-4) on ``pool_warmup`` random
    real batches (per-sample DSA) before every generator step.
 2. A class-balanced real batch ``x, y`` from the sampler (random, or DREAM's representatives of
@@ -61,7 +62,7 @@ class GenerativeDistiller(Distiller):
             for group in opt.param_groups:
                 group["lr"] = p.match_lr
         self.per_class = max(1, p.match_batch // info.num_classes)
-        self.per_epoch = max(1, len(data) // (self.per_class * info.num_classes))
+        self.steps_per_model = p.pool_every or max(1, len(data) // (self.per_class * info.num_classes))
         self.dsa = DSA(p.match_aug)
         self.pool_dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
         self.gen = generator(cfg.seed, "generative")
@@ -72,7 +73,7 @@ class GenerativeDistiller(Distiller):
 
     # -- the pool model ------------------------------------------------------------------------
     def _pool_model(self, it: int) -> torch.nn.Module:
-        epoch = it // self.per_epoch
+        epoch = it // self.steps_per_model
         if self.model is None or epoch != self.model_epoch:
             cfg, p = self.cfg, self.params
             pick = int(torch.randint(len(p.pool), (1,), generator=generator(cfg.seed, f"pool-{epoch}")))

@@ -91,6 +91,8 @@ class GenerativeParams:
     """Pool models; one drawn per epoch, fresh, and trained on real batches between steps."""
     pool_warmup: int = 16
     """Real batches the pool model trains on before each generator step (DiM: 16)."""
+    pool_every: int | None = None
+    """Generator steps per pool model (null: one epoch of the real data, as DiM)."""
     pool_lr: float = 0.01
     """Pool model SGD learning rate (momentum 0.9, weight decay 5e-4)."""
     match_batch: int = 64
@@ -136,6 +138,8 @@ class GenerativeParams:
         for name in ("match_batch",):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.pool_every is not None and self.pool_every < 1:
+            raise ConfigError(f"pool_every must be >= 1, got {self.pool_every}")
         if self.pool_lr <= 0 or self.match_lr <= 0:
             raise ConfigError("pool_lr and match_lr must be > 0")
 

@@ -4,12 +4,13 @@ Planning is separate from submitting so ``--dry-run`` shows exactly what a launc
 
 * done tasks, and tasks whose job is still queued or running, are never resubmitted;
 * never-launched tasks are submitted; failed or blocked ones only with ``--retry``;
-* stages go out in order: prerequisites (deduplicated: one job per artefact), distillations, then
-  (with ``separate_evals``) evaluations. On Slurm each stage is submitted as arrays of at most
-  ``MaxArraySize`` tasks and waits for what it needs with ``--dependency=afterok:<jobs>`` (and
-  ``--kill-on-invalid-dep=yes``: if a prerequisite fails, its dependants leave the queue and show as
-  blocked); ``local`` (submitit's LocalExecutor) and ``debug`` (in this process) run the stages one
-  after the other and skip the dependants of a failed task.
+* tasks go out in waves: first everything that waits for nothing (prerequisites, deduplicated: one
+  job per artefact, and runs that need none), then what needs those, and so on. On Slurm each
+  (stage, dependency) group is submitted as arrays of at most ``MaxArraySize`` tasks that wait for
+  what they need with ``--dependency=afterok:<jobs>`` (and ``--kill-on-invalid-dep=yes``: if a
+  prerequisite fails, its dependants leave the queue and show as blocked); ``local`` (submitit's
+  LocalExecutor) and ``debug`` (in this process) run the waves one after the other and skip the
+  dependants of a failed task.
 
 Before anything is submitted every task dir is checked (never another run's, never foreign files);
 after each array is submitted, each of its tasks gets a ``job.json``, made durable by one ``syncfs``
@@ -222,22 +223,38 @@ def execute(plan: Plan, *, cancel_dropped: bool = False,
     if not todo:
         return report
     exec_dict = to_dict(dataclasses.replace(plan.sweep.exec, threads=job_threads(plan.cluster, plan.sweep)))
-    for stage in STAGES:
-        tasks = plan.to_submit(stage)
+    for wave in _waves(todo):
         if plan.cluster != "slurm":
-            tasks = _runnable(plan, tasks, report, echo)
-        if not tasks:
-            continue
-        dependency = _dependency(plan, tasks, report) if plan.cluster == "slurm" else None
-        executor = make_executor(plan.cluster, plan.runs_dir, plan.sweep, stage, dependency)
-        start = 0
-        for k, size in enumerate(array_sizes(len(tasks), plan.max_array)):
-            chunk = tasks[start : start + size]
-            start += size
-            jobs = _submit_chunk(executor, plan, chunk, k, exec_dict, report)
-            if plan.cluster != "slurm":
-                _wait_in_process(plan, chunk, jobs, report, echo)
+            wave = _runnable(plan, wave, report, echo)
+        for group in _by_dependency(plan, wave, report):
+            dependency = _dependency(plan, group, report) if plan.cluster == "slurm" else None
+            executor = make_executor(plan.cluster, plan.runs_dir, plan.sweep, group[0].stage, dependency)
+            start = 0
+            for k, size in enumerate(array_sizes(len(group), plan.max_array)):
+                chunk = group[start : start + size]
+                start += size
+                jobs = _submit_chunk(executor, plan, chunk, k, exec_dict, report)
+                if plan.cluster != "slurm":
+                    _wait_in_process(plan, chunk, jobs, report, echo)
     return report
+
+
+def _waves(tasks: list[Task]) -> list[list[Task]]:
+    """Tasks grouped by how many submitted tasks they wait for in a chain: wave 0 needs nothing
+    submitted now (prerequisites, and runs without any, go together), wave 1 needs wave 0, ..."""
+    depth: dict[str, int] = {}
+    for t in tasks:  # in stage order: what a task needs comes before it
+        depth[t.key] = max((depth[k] + 1 for k in t.needs if k in depth), default=0)
+    return [[t for t in tasks if depth[t.key] == d] for d in sorted(set(depth.values()))]
+
+
+def _by_dependency(plan: Plan, wave: list[Task], report: LaunchReport) -> list[list[Task]]:
+    """One array per stage and set of jobs waited for (a Slurm array has one dependency)."""
+    groups: dict[tuple[str, str | None], list[Task]] = {}
+    for t in wave:
+        key = (t.stage, _dependency(plan, [t], report) if plan.cluster == "slurm" else None)
+        groups.setdefault(key, []).append(t)
+    return list(groups.values())
 
 
 def _prepare_dirs(plan: Plan, tasks: list[Task]) -> None:
