@@ -238,8 +238,8 @@ def test_cross_arch_matrix(capsys) -> None:
 
 def test_published_rows_only_for_table_cells(main_df: pd.DataFrame) -> None:
     text = _main_table("md", main_df)
-    assert "| dm (published) | 70.7 | 83.5 | — |" in text
     assert "| random (published) | 51.4 | 73.8 | — |" in text
+    assert "dm (published)" not in text  # DM's paper reports no Fashion-MNIST: no row, no guess
     assert "idc (published)" not in text and "ipc=50" not in text
     assert "Whole training set (published): fashionmnist 93.5." in text
     with pytest.raises(ConfigError, match="with-published"):
@@ -259,7 +259,9 @@ def test_published_csv_content() -> None:
     assert look[("whole", "fashionmnist", "full")] == 93.5
     assert look[("dsa", "mnist", "50")] == 99.2
     assert look[("dm", "cifar10", "50")] == 63.0
-    assert len(pub) == 37
+    assert ("dm", "fashionmnist", "10") not in look  # no traceable source (issue 12 item 19)
+    assert not pub["source"].str.contains("verify|as quoted", case=False).any()
+    assert len(pub) == 34
 
 
 def test_latex_is_well_formed(main_df: pd.DataFrame) -> None:
