@@ -249,11 +249,14 @@ def _waves(tasks: list[Task]) -> list[list[Task]]:
 
 
 def _by_dependency(plan: Plan, wave: list[Task], report: LaunchReport) -> list[list[Task]]:
-    """One array per stage and set of jobs waited for (a Slurm array has one dependency)."""
+    """Slurm: one array per stage and set of jobs waited for (an array has one dependency).
+    Local and debug: the whole wave together, so a prerequisite and independent runs share the
+    parallel slots."""
+    if plan.cluster != "slurm":
+        return [wave] if wave else []
     groups: dict[tuple[str, str | None], list[Task]] = {}
     for t in wave:
-        key = (t.stage, _dependency(plan, [t], report) if plan.cluster == "slurm" else None)
-        groups.setdefault(key, []).append(t)
+        groups.setdefault((t.stage, _dependency(plan, [t], report)), []).append(t)
     return list(groups.values())
 
 
