@@ -9,8 +9,9 @@ Planning is separate from submitting so ``--dry-run`` shows exactly what a launc
   (stage, dependency) group is submitted as arrays of at most ``MaxArraySize`` tasks that wait for
   what they need with ``--dependency=afterok:<jobs>`` (and ``--kill-on-invalid-dep=yes``: if a
   prerequisite fails, its dependants leave the queue and show as blocked); ``local`` (submitit's
-  LocalExecutor) and ``debug`` (in this process) run the waves one after the other and skip the
-  dependants of a failed task.
+  LocalExecutor) runs a pool of ``array_parallelism`` slots (at most one per CPU) that starts a task
+  as soon as what it needs has finished, ``debug`` runs them one by one in this process; both skip
+  the dependants of a failed task and report progress.
 
 Before anything is submitted every task dir is checked (never another run's, never foreign files);
 after each array is submitted, each of its tasks gets a ``job.json``, made durable by one ``syncfs``
@@ -223,19 +224,18 @@ def execute(plan: Plan, *, cancel_dropped: bool = False,
     if not todo:
         return report
     exec_dict = to_dict(dataclasses.replace(plan.sweep.exec, threads=job_threads(plan.cluster, plan.sweep)))
+    if plan.cluster != "slurm":
+        _run_here(plan, todo, exec_dict, report, echo)
+        return report
     for wave in _waves(todo):
-        if plan.cluster != "slurm":
-            wave = _runnable(plan, wave, report, echo)
         for group in _by_dependency(plan, wave, report):
-            dependency = _dependency(plan, group, report) if plan.cluster == "slurm" else None
+            dependency = _dependency(plan, group, report)
             executor = make_executor(plan.cluster, plan.runs_dir, plan.sweep, group[0].stage, dependency)
             start = 0
             for k, size in enumerate(array_sizes(len(group), plan.max_array)):
                 chunk = group[start : start + size]
                 start += size
-                jobs = _submit_chunk(executor, plan, chunk, k, exec_dict, report)
-                if plan.cluster != "slurm":
-                    _wait_in_process(plan, chunk, jobs, report, echo)
+                _submit_chunk(executor, plan, chunk, k, exec_dict, report)
     return report
 
 
@@ -249,11 +249,7 @@ def _waves(tasks: list[Task]) -> list[list[Task]]:
 
 
 def _by_dependency(plan: Plan, wave: list[Task], report: LaunchReport) -> list[list[Task]]:
-    """Slurm: one array per stage and set of jobs waited for (an array has one dependency).
-    Local and debug: the whole wave together, so a prerequisite and independent runs share the
-    parallel slots."""
-    if plan.cluster != "slurm":
-        return [wave] if wave else []
+    """One Slurm array per stage and set of jobs waited for (an array has one dependency)."""
     groups: dict[tuple[str, str | None], list[Task]] = {}
     for t in wave:
         groups.setdefault((t.stage, _dependency(plan, [t], report)), []).append(t)
@@ -282,20 +278,6 @@ def _durable(plan: Plan, tasks: list[Task]) -> None:
     for root in roots:
         if root.exists():
             sync_filesystem(root)
-
-
-def _runnable(plan: Plan, tasks: list[Task], report: LaunchReport, echo: Callable[[str], None]) -> list[Task]:
-    """Local/debug: drop tasks whose needs failed in this launch (they stay blocked)."""
-    bad = set(report.failed) | set(report.skipped)
-    ok = []
-    for t in tasks:
-        failed = [k for k in t.needs if k in bad]
-        if failed:
-            report.skipped.append(t.key)
-            echo(f"{t.key} not run: {failed[0]} failed")
-        else:
-            ok.append(t)
-    return ok
 
 
 def _dependency(plan: Plan, tasks: list[Task], report: LaunchReport) -> str | None:
@@ -330,35 +312,73 @@ def _submit_chunk(executor: Any, plan: Plan, chunk: list[Task], k: int, exec_dic
     return jobs
 
 
-def _wait_in_process(plan: Plan, chunk: list[Task], jobs: list[Any], report: LaunchReport,
-                     echo: Callable[[str], None]) -> None:
-    """Wait for local/debug jobs with a progress line: tasks done / failed of the chunk, elapsed
-    time (debug ones run here, one after the other; a failing debug task opens pdb when stdin is a
-    terminal, like submitit's DebugExecutor)."""
-    from tqdm.auto import tqdm
-
-    t0 = time.monotonic()
-    bar = tqdm(total=len(jobs), desc=f"{plan.cluster} {chunk[0].stage}", unit="task", file=sys.stderr,
-               mininterval=5.0, disable=None)
-    pending = list(zip(chunk, jobs))
-    while pending:
-        still = []
-        for task, job in pending:
-            if plan.cluster == "local" and not job.done():
-                still.append((task, job))
-                continue
+def _run_here(plan: Plan, todo: list[Task], exec_dict: dict[str, Any], report: LaunchReport,
+              echo: Callable[[str], None]) -> None:
+    """Local and debug: a pool of ``plan.max_array`` slots (debug: one, in this process). A task
+    starts as soon as a slot is free and every task it needs has finished; the dependants of a
+    failed task are not run (they show as blocked). Progress goes to stderr: a bar on a terminal,
+    else a line every 30 s."""
+    executor = make_executor(plan.cluster, plan.runs_dir, plan.sweep, "run")
+    keys = {t.key for t in todo}
+    width = plan.max_array if plan.cluster == "local" else 1
+    waiting, running, ok = list(todo), [], set()
+    progress = _Progress(plan.cluster, len(todo))
+    while waiting or running:
+        for t in list(waiting):
+            needs = [k for k in t.needs if k in keys]
+            bad = [k for k in needs if k in report.failed or k in report.skipped]
+            if bad:
+                waiting.remove(t)
+                report.skipped.append(t.key)
+                echo(f"{t.key} not run: {bad[0]} failed")
+            elif len(running) < width and all(k in ok for k in needs):
+                waiting.remove(t)
+                running.append((t, _submit_chunk(executor, plan, [t], 0, exec_dict, report)[0]))
+        finished = [(t, job) for t, job in running if plan.cluster == "debug" or job.done()]
+        for t, job in finished:
+            running.remove((t, job))
             try:
                 job.result()
+                ok.add(t.key)
             except Exception as e:  # noqa: BLE001 - a failed task is reported, the others go on
                 text = str(e).strip().splitlines()
-                report.failed[task.key] = text[-1] if text else type(e).__name__
-                echo(f"{task.key} failed: {report.failed[task.key]}")
-            bar.update(1)
-            bar.set_postfix(failed=len(report.failed), elapsed=f"{time.monotonic() - t0:.0f}s")
-        pending = still
-        if pending:
+                report.failed[t.key] = text[-1] if text else type(e).__name__
+                echo(f"{t.key} failed: {report.failed[t.key]}")
+        progress.update(len(ok), len(running), len(report.failed) + len(report.skipped))
+        if not finished and running:
             time.sleep(1.0)
-    bar.close()
+    progress.close()
+
+
+class _Progress:
+    """'local: 3/11 done, 2 running, 0 failed, 85 s': a tqdm bar on a terminal, else a line every
+    ``every`` seconds (so a sweep in a log file or CI shows it is alive)."""
+
+    def __init__(self, cluster: str, total: int, every: float = 30.0) -> None:
+        from tqdm.auto import tqdm
+
+        self.cluster, self.total, self.every = cluster, total, every
+        self.t0 = self.last = time.monotonic()
+        self.tty = sys.stderr.isatty()
+        self.bar = tqdm(total=total, desc=f"{cluster} tasks", unit="task", file=sys.stderr) if self.tty else None
+        self.line = ""
+
+    def update(self, done: int, running: int, failed: int) -> None:
+        elapsed = time.monotonic() - self.t0
+        self.line = (f"{self.cluster}: {done}/{self.total} done, {running} running, {failed} failed, "
+                     f"{elapsed:.0f} s")
+        if self.bar is not None:
+            self.bar.n = done + failed
+            self.bar.set_postfix(running=running, failed=failed)
+        elif time.monotonic() - self.last >= self.every:
+            print(self.line, file=sys.stderr, flush=True)
+            self.last = time.monotonic()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.line:
+            print(self.line, file=sys.stderr, flush=True)
 
 
 def cancel_dropped_runs(plan: Plan, echo: Callable[[str], None] = print) -> list[str]:
