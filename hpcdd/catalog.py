@@ -12,7 +12,8 @@ Nothing here imports torch; :func:`check_names` (datasets, nets) does, and only 
 
 from __future__ import annotations
 
-import dataclasses
+import collections.abc
+import functools
 from typing import Any, Iterable, Mapping
 
 from hpcdd.config import (
@@ -28,9 +29,16 @@ NESTED = ("params", "sampler_params")
 """RunConfig fields that hold the method's / sampler's own parameters."""
 
 
+@functools.cache
 def run_fields() -> tuple[str, ...]:
     """RunConfig's own (top-level) fields, without the nested parameter mappings."""
     return tuple(n for n in field_names(RunConfig) if n not in NESTED)
+
+
+@functools.cache
+def _flat_key_sets() -> tuple[frozenset[str], frozenset[str]]:
+    """(RunConfig's top-level fields, the ``eval_*`` keys) as sets, once."""
+    return frozenset(run_fields()), frozenset(eval_flat_names())
 
 
 def method_param_names() -> list[str]:
@@ -71,16 +79,16 @@ def configs_from_flat(data: Mapping[str, Any], where: str = "config") -> tuple[R
     For a generator method, ``ipc`` (given or its default) is how many images per class its
     evaluation draws, so it becomes ``eval_ipc`` (unless that is given): one generator serves every ipc.
     """
-    if not isinstance(data, Mapping):
+    if not isinstance(data, collections.abc.Mapping):
         raise ConfigError(f"{where} must be a mapping of config keys, got {type(data).__name__}")
     run: dict[str, Any] = {}
     ev: dict[str, Any] = {}
     nested = {name: _mapping(data.get(name), f"{where}: {name}") for name in NESTED}
     flat_params: dict[str, dict[str, Any]] = {name: {} for name in NESTED}
-    top, evals = set(run_fields()), set(eval_flat_names())
+    top, evals = _flat_key_sets()
     method = METHODS.get(_name(data.get("method", RunConfig.method), "method", where))
     sampler = SAMPLERS.get(_name(data.get("sampler", RunConfig.sampler), "sampler", where))
-    owners = {"params": set(param_names(method.params)), "sampler_params": set(param_names(sampler.params))}
+    method_keys, sampler_keys = _names(method.params), _names(sampler.params)
     unknown = []
     for key, value in data.items():
         if key in NESTED:
@@ -89,9 +97,9 @@ def configs_from_flat(data: Mapping[str, Any], where: str = "config") -> tuple[R
             run[key] = value
         elif key in evals:
             ev[key[len(EVAL_PREFIX):]] = value
-        elif key in owners["params"]:
+        elif key in method_keys:
             flat_params["params"][key] = value
-        elif key in owners["sampler_params"]:
+        elif key in sampler_keys:
             flat_params["sampler_params"][key] = value
         elif value is None and (key in method_param_names() or key in sampler_param_names()):
             continue  # another method's parameter set to null (e.g. a zip row): not applicable
@@ -109,6 +117,12 @@ def configs_from_flat(data: Mapping[str, Any], where: str = "config") -> tuple[R
     return from_dict(RunConfig, run, where=where), from_dict(EvalConfig, ev, where=where)
 
 
+@functools.cache
+def _names(params: type) -> frozenset[str]:
+    """The parameter names of a parameter dataclass, as a set (once per class)."""
+    return frozenset(param_names(params))
+
+
 def _name(value: Any, key: str, where: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{where}: config key {key!r} must be a name, got {value!r}")
@@ -118,7 +132,7 @@ def _name(value: Any, key: str, where: str) -> str:
 def _mapping(value: Any, where: str) -> dict[str, Any]:
     if value is None:
         return {}
-    if not isinstance(value, Mapping):
+    if not isinstance(value, collections.abc.Mapping):
         raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}")
     return dict(value)
 
@@ -158,7 +172,8 @@ def resolve(cfg: RunConfig) -> RunConfig:
         updates["dsa_strategy"] = default_strategy(cfg.dataset)
     else:
         check_strategy(cfg.dsa_strategy)
-    out = dataclasses.replace(cfg, **updates)
+    # dataclasses.replace, without its generic per-field bookkeeping (every field is an init field)
+    out = type(cfg)(**{**{n: getattr(cfg, n) for n in field_names(type(cfg))}, **updates})
     if method.output == "images" and out.ipc is None:
         raise ConfigError(f"method {cfg.method} needs ipc (images per class)")
     if method.check is not None:
@@ -169,7 +184,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
 def run_id(cfg: RunConfig) -> str:
     """12-hex-digit identity of a *resolved* config: hash of its non-default values, with the
     method's and sampler's parameters compared to their own defaults."""
-    canon = {k: v for k, v in non_default(cfg).items() if k not in NESTED}
+    canon = non_default(cfg, skip=NESTED)
     method, sampler = METHODS.get(cfg.method), SAMPLERS.get(cfg.sampler)
     for name, cls in (("params", method.params), ("sampler_params", sampler.params)):
         changed = non_default(from_dict(cls, getattr(cfg, name), where=f"{cfg.method} {name}"))

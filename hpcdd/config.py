@@ -21,7 +21,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 from hpcdd.errors import ConfigError
 
@@ -194,19 +194,55 @@ def field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
 
+@functools.cache
+def _field_checks(cls: type) -> tuple[tuple[str, Callable[[Any], bool], bool, Any], ...]:
+    """Per field of ``cls``: (name, compiled type predicate, wants a float, type hint), once per
+    class: the predicates do what :func:`_matches` does without asking ``typing`` per value."""
+    hints = type_hints(cls)
+    return tuple((name, _checker(hints[name]), _wants_float(hints[name]), hints[name])
+                 for name in field_names(cls))
+
+
 def check_config(obj: Any) -> None:
     """Check every field's type (``ConfigError`` naming it), store ints given for float fields as
     floats (so 1 and 1.0 are one identity) and reject NaN/Inf. Call from ``__post_init__``."""
-    hints = type_hints(type(obj))
-    for name in field_names(type(obj)):
+    for name, ok, wants_float, tp in _field_checks(type(obj)):
         value = getattr(obj, name)
-        tp = hints[name]
-        if not _matches(value, tp):
+        if not ok(value):
             raise ConfigError(f"config key {name!r} must be {_type_name(tp)}, got {value!r}")
-        if _wants_float(tp) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if wants_float and isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):
                 raise ConfigError(f"config key {name!r} must be finite, got {value!r}")
-            object.__setattr__(obj, name, float(value))
+            if type(value) is not float:
+                object.__setattr__(obj, name, float(value))
+
+
+def _checker(tp: Any) -> Callable[[Any], bool]:
+    """A predicate equal to ``lambda value: _matches(value, tp)``, with the type inspected once."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        parts = tuple(_checker(t) for t in typing.get_args(tp))
+        if len(parts) == 2 and type(None) in typing.get_args(tp):
+            other = parts[1] if typing.get_args(tp)[0] is type(None) else parts[0]
+            return lambda v: v is None or other(v)
+        return lambda v: any(part(v) for part in parts)
+    if tp is type(None):
+        return lambda v: v is None
+    if tp is Any:
+        return lambda v: True
+    if origin is tuple:
+        (inner, _ellipsis) = typing.get_args(tp)
+        item = _checker(inner)
+        return lambda v: isinstance(v, tuple) and all(item(x) for x in v)
+    if origin in (dict, collections.abc.Mapping) or tp in (dict, Mapping):
+        return lambda v: isinstance(v, collections.abc.Mapping)
+    if tp is bool:
+        return lambda v: isinstance(v, bool)
+    if tp is int:
+        return lambda v: isinstance(v, int) and not isinstance(v, bool)
+    if tp is float:
+        return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    return lambda v: isinstance(v, tp)
 
 
 def _wants_float(tp: Any) -> bool:
@@ -255,17 +291,24 @@ def _coerce(value: Any, tp: Any) -> Any:
     return value
 
 
+@functools.cache
+def _from_dict_info(cls: type) -> tuple[frozenset[str], frozenset[str]]:
+    """(field names, names of the fields whose list values :func:`_coerce` makes tuples)."""
+    hints = type_hints(cls)
+    tuples = frozenset(n for n in field_names(cls) if _coerce([], hints[n]) == ())
+    return frozenset(field_names(cls)), tuples
+
+
 def from_dict(cls: type, data: Any, where: str = "config") -> Any:
     """Build ``cls`` from a plain dict; unknown keys and wrong types raise ``ConfigError``."""
-    if not isinstance(data, Mapping):
+    if not isinstance(data, collections.abc.Mapping):
         raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
-    hints = type_hints(cls)
-    names = set(field_names(cls))
-    unknown = sorted(map(str, set(data) - names))
-    if unknown:
+    names, tuples = _from_dict_info(cls)
+    if not names.issuperset(data):
+        unknown = sorted(map(str, set(data) - names))
         raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)}")
     try:
-        return cls(**{k: _coerce(v, hints[k]) for k, v in data.items()})
+        return cls(**{k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in data.items()})
     except ConfigError as e:
         msg = str(e)
         raise ConfigError(msg if msg.startswith(where) else f"{where}: {msg}") from None
@@ -280,18 +323,36 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return {name: _plain(getattr(cfg, name)) for name in field_names(type(cfg))}
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def plain(value: Any) -> Any:
+    """One value in :func:`to_dict` form (tuples as lists, mappings as plain dicts)."""
+    return _plain(value)
+
+
 def _plain(value: Any) -> Any:
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
+    if isinstance(value, collections.abc.Mapping):
         return {k: _plain(v) for k, v in value.items()}
     return value
 
 
-def non_default(cfg: Any, defaults: Any | None = None) -> dict[str, Any]:
-    """The fields of ``cfg`` whose value differs from ``defaults`` (default: the class's)."""
-    base = to_dict(defaults if defaults is not None else type(cfg)())
-    return {k: v for k, v in to_dict(cfg).items() if v != base[k]}
+def non_default(cfg: Any, defaults: Any | None = None, *, skip: Collection[str] = ()) -> dict[str, Any]:
+    """The fields of ``cfg`` whose value differs from ``defaults`` (default: the class's), in
+    :func:`to_dict` form and field order; fields named in ``skip`` are left out."""
+    base = to_dict(defaults) if defaults is not None else _default_dict(type(cfg))
+    return {k: v for k in field_names(type(cfg))
+            if k not in skip and (v := _plain(getattr(cfg, k))) != base[k]}
+
+
+@functools.cache
+def _default_dict(cls: type) -> dict[str, Any]:
+    """``to_dict(cls())``, once per class (read only: never handed out)."""
+    return to_dict(cls())
 
 
 def identity_hash(canonical: Mapping[str, Any]) -> str:
@@ -305,12 +366,13 @@ def eval_flat(ev: EvalConfig) -> dict[str, Any]:
     return {EVAL_PREFIX + k: v for k, v in to_dict(ev).items()}
 
 
+@functools.cache
 def eval_flat_names() -> tuple[str, ...]:
     return tuple(EVAL_PREFIX + n for n in field_names(EvalConfig))
 
 
 __all__ = [
     "RunConfig", "EvalConfig", "ExecConfig", "from_dict", "to_dict", "non_default",
-    "identity_hash", "check_config", "type_hints", "field_names", "eval_flat", "eval_flat_names",
+    "identity_hash", "check_config", "type_hints", "field_names", "eval_flat", "eval_flat_names", "plain",
     "EVAL_PREFIX",
 ]
