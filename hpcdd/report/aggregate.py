@@ -9,8 +9,10 @@ A run dir (named by its 12-hex run id) holds ``config.yaml``, ``checkpoint/``, `
 the ``eval_n`` fresh evaluation models of that one run (ddof=0); the tables in
 :mod:`hpcdd.report.tables` instead report mean and std *over seeds* (ddof=1).
 
-The walk uses ``os.scandir`` and collects plain dicts; the DataFrame is built once at the end,
-so 10,000 runs aggregate in seconds (see ``bench/bench_aggregate.py``).
+The walk uses ``os.scandir`` and collects plain dicts; subtrees and result files are read in a
+few threads (a cold cache or a network file system then waits on many files at once). The
+DataFrame is built once at the end, so 10,000 runs aggregate in seconds (see
+``bench/bench_aggregate.py`` and ``bench/bench_sweep_scale.py``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import pandas as pd
 from hpcdd import rundir
 from hpcdd.catalog import flat_names
 from hpcdd.errors import ConfigError
-from hpcdd.io import atomic_write_text, try_load_json
+from hpcdd.io import atomic_write_text
+from hpcdd.sweep.state import map_io
 
 RESULT, DONE, CONFIG, RUN_MARK = rundir.RESULT, rundir.DONE, rundir.CONFIG, rundir.RUN_MARK
 LIST_SEP = "+"
@@ -44,6 +47,9 @@ _NUMBER_TEXT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-
 
 _SKIP_SUBDIRS = frozenset({rundir.CHECKPOINTS, rundir.MODELS})
 """Subdirs of a run dir that never hold runs (not descended into, to keep the walk fast)."""
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+"""Types :func:`flatten_value` returns unchanged (the common case, skipped without a call)."""
 
 _SORT_KEYS = ("protocol", "method", "dataset", "ipc", "net", "seed")
 
@@ -129,32 +135,50 @@ def _unique(paths: list[str]) -> list[str]:
     return sorted(by_real.values())
 
 
+_WALK_SPLIT = 64
+"""The walk goes breadth first until it has this many directories, then walks their subtrees in
+threads (every list ends up sorted, so the order of the walk does not show)."""
+
+
 def _walk(root: str, scan: _Scan) -> None:
-    stack = [root]
+    frontier = [root]
+    while frontier and len(frontier) < _WALK_SPLIT:
+        frontier = [sub for path in frontier for sub in _visit(path, scan)]
+    for part in map_io(_walk_subtree, frontier):
+        scan.results += part.results
+        scan.incomplete += part.incomplete
+        scan.bad += part.bad
+
+
+def _walk_subtree(path: str) -> _Scan:
+    scan = _Scan()
+    stack = [path]
     while stack:
-        path = stack.pop()
-        try:
-            with os.scandir(path) as it:
-                entries = list(it)
-        except OSError as e:
-            scan.bad.append((path, f"cannot list directory ({e.strerror or e})"))
-            continue
-        names = {e.name for e in entries}
-        is_run = RESULT in names or CONFIG in names or RUN_MARK in names
-        if DONE in names and RESULT in names:  # a finished evaluation: one row
-            scan.results.append(path)
-        elif RUN_MARK in names:  # a run dir: its rows are its eval/<id>/ dirs
-            if DONE not in names:
-                scan.incomplete.append(path)
-        elif DONE in names:
-            scan.bad.append((os.path.join(path, RESULT), "missing ('done' marker present)"))
-        elif is_run:
+        stack += _visit(stack.pop(), scan)
+    return scan
+
+
+def _visit(path: str, scan: _Scan) -> list[str]:
+    """Classify one directory into ``scan``; the subdirectories to walk next."""
+    try:
+        with os.scandir(path) as it:
+            entries = list(it)
+    except OSError as e:
+        scan.bad.append((path, f"cannot list directory ({e.strerror or e})"))
+        return []
+    names = {e.name for e in entries}
+    is_run = RESULT in names or CONFIG in names or RUN_MARK in names
+    if DONE in names and RESULT in names:  # a finished evaluation: one row
+        scan.results.append(path)
+    elif RUN_MARK in names:  # a run dir: its rows are its eval/<id>/ dirs
+        if DONE not in names:
             scan.incomplete.append(path)
-        for e in entries:
-            if is_run and e.name in _SKIP_SUBDIRS:
-                continue
-            if e.is_dir(follow_symlinks=False):
-                stack.append(e.path)
+    elif DONE in names:
+        scan.bad.append((os.path.join(path, RESULT), "missing ('done' marker present)"))
+    elif is_run:
+        scan.incomplete.append(path)
+    return [e.path for e in entries
+            if not (is_run and e.name in _SKIP_SUBDIRS) and e.is_dir(follow_symlinks=False)]
 
 
 def flatten_value(value: Any) -> Any:
@@ -166,9 +190,20 @@ def flatten_value(value: Any) -> Any:
     return value
 
 
+def _load_json(path: str) -> Any | None:
+    """:func:`hpcdd.io.try_load_json` (UTF-8, ``None`` for anything unreadable) without a text-mode
+    file object. (Its newline translation never changes a parse: a CR is JSON whitespace, or
+    invalid inside a string.)"""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def load_result(run_dir: str) -> tuple[dict[str, Any] | None, str]:
     """(flat row, "") for a usable result.json, else (None, reason)."""
-    data = try_load_json(os.path.join(run_dir, RESULT))
+    data = _load_json(os.path.join(run_dir, RESULT))
     if data is None:
         return None, "not valid JSON (corrupt, truncated or unreadable)"
     if not isinstance(data, dict):
@@ -179,7 +214,7 @@ def load_result(run_dir: str) -> tuple[dict[str, Any] | None, str]:
     bad_acc = _bad_accuracy(data)
     if bad_acc:
         return None, bad_acc
-    row = {k: flatten_value(v) for k, v in data.items()}
+    row = {k: v if type(v) in _SCALARS else flatten_value(v) for k, v in data.items()}
     row.setdefault("run_id", os.path.basename(os.path.normpath(run_dir)))
     row["run_dir"] = run_dir
     return row, ""
@@ -255,8 +290,7 @@ def aggregate(dirs: Iterable[str | os.PathLike[str]]) -> tuple[pd.DataFrame, Agg
         raise ConfigError("no runs directory given")
     finished, incomplete, bad = scan_runs(roots)
     rows: list[dict[str, Any]] = []
-    for run_dir in finished:
-        row, reason = load_result(run_dir)
+    for run_dir, (row, reason) in zip(finished, map_io(load_result, finished)):
         if row is None:
             bad.append((os.path.join(run_dir, RESULT), reason))
         else:

@@ -27,6 +27,7 @@ is submitted.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import re
@@ -35,10 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from hpcdd.catalog import (
-    configs_from_flat, eval_id, flat_names, flat_run, prereq_id, prerequisites, resolve,
-    resolve_eval, run_id,
+    configs_from_flat, eval_id, flat_names, prereq_id, prerequisites, resolve, resolve_eval, run_fields,
+    run_id,
 )
-from hpcdd.config import EvalConfig, ExecConfig, RunConfig, check_config, eval_flat, from_dict
+from hpcdd.config import (
+    EVAL_PREFIX, EvalConfig, ExecConfig, RunConfig, check_config, field_names, from_dict, plain,
+)
 from hpcdd.errors import ConfigError
 from hpcdd.specs import PrereqRef
 
@@ -136,7 +139,7 @@ class SweepRun:
     prereqs: tuple[str, ...] = ()
     """Keys (``<kind>/<id>``) of the prerequisites it needs."""
 
-    @property
+    @functools.cached_property
     def eval_ids(self) -> tuple[str, ...]:
         return tuple(eval_id(e) for e in self.evals)
 
@@ -428,12 +431,29 @@ def _runs_and_prereqs(cells: list[SweepCell]) -> tuple[tuple[SweepRun, ...], tup
 
 def point_values(cell: SweepCell, axes: tuple[str, ...]) -> dict[str, Any]:
     """The cell's resolved value of each axis (lists shown comma-joined), for tables."""
-    resolved = {**flat_run(cell.config), **eval_flat(cell.eval)}
     out = {}
     for key in axes:
-        value = resolved.get(key, cell.point.get(key))
+        value = _resolved_value(cell, key)
         out[key] = ",".join(map(str, value)) if isinstance(value, list) else value
     return out
+
+
+_MISSING = object()
+
+
+def _resolved_value(cell: SweepCell, key: str) -> Any:
+    """``{**flat_run(cell.config), **eval_flat(cell.eval)}.get(key, cell.point.get(key))`` without
+    building those dicts: eval keys first, then sampler and method parameters, then run fields."""
+    cfg = cell.config
+    if key.startswith(EVAL_PREFIX) and key[len(EVAL_PREFIX):] in field_names(EvalConfig):
+        return plain(getattr(cell.eval, key[len(EVAL_PREFIX):]))
+    for nested in (cfg.sampler_params, cfg.params):
+        value = nested.get(key, _MISSING)
+        if value is not _MISSING:
+            return plain(value)
+    if key in run_fields():
+        return plain(getattr(cfg, key))
+    return cell.point.get(key)
 
 
 __all__ = ["SlurmSpec", "Sweep", "SweepCell", "SweepRun", "SweepPrereq", "load_grid", "expand_grid",

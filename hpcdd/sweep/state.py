@@ -11,11 +11,14 @@ without accounting. A task whose prerequisite (or distillation) failed is ``bloc
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence, TypeVar
 
 from hpcdd import rundir
 from hpcdd.io import atomic_write_json, now_utc, try_load_json
@@ -33,6 +36,10 @@ ACTIVE = frozenset({PENDING, RUNNING, UNKNOWN})
 SUBMITIT_DIR = ".submitit"
 SWEEPS_DIR = ".sweeps"
 STAGES = ("prereq", "run", "eval")
+IO_THREADS = 16
+"""Threads reading a sweep's small files at once (:func:`map_io`): on a cold cache or a network
+file system each read waits on the disk or the server, and the waits overlap."""
+T, R = TypeVar("T"), TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -130,13 +137,37 @@ def write_job(task_dir: Path, record: JobRecord, *, sync: bool = True) -> None:
 
 
 def read_job(task_dir: Path) -> JobRecord | None:
-    data = try_load_json(Path(task_dir) / rundir.JOB)
+    data = _load_json(os.path.join(task_dir, rundir.JOB))
     if not isinstance(data, dict):
         return None
     try:
         return JobRecord(**{**data, "covers": tuple(data.get("covers") or ())})
     except TypeError:
         return None
+
+
+def _load_json(path: str) -> object | None:
+    """:func:`hpcdd.io.try_load_json` (UTF-8, ``None`` for anything unreadable) without a text-mode
+    file object, the larger part of reading thousands of small job.json files. (Its newline
+    translation never changes a parse: a CR is JSON whitespace, or invalid inside a string.)"""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _exists(path: str) -> bool:
+    """``Path(path).exists()`` on a plain string (no Path object per file in a big sweep)."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            raise
+        return False
+    except ValueError:
+        return False
+    return True
 
 
 def manifest_path(runs_dir: Path, name: str) -> Path:
@@ -162,7 +193,7 @@ def write_manifest(runs_dir: Path, name: str, source: str, run_ids: list[str],
         "dropped_queued": list(dropped_queued), "updated_at": now_utc()})
 
 
-def last_line(path: Path, skip_prefixes: tuple[str, ...] = (),
+def last_line(path: str | Path, skip_prefixes: tuple[str, ...] = (),
               skip_containing: tuple[str, ...] = ()) -> str:
     """The last non-empty line of a text file that is not skipped; '' if none."""
     try:
@@ -202,45 +233,59 @@ def error_line(runs_dir: Path, log_dir: Path, job_id: str) -> str:
 def task_done(task: Task) -> bool:
     """Finished: the artefact (prereq), the distillation and its inline evaluations (run), or the
     evaluation (eval). ``done`` markers are written last, so their presence is enough."""
-    if task.stage == "eval":
-        return (task.dir / rundir.DONE).exists()
-    if not rundir.is_done(task.dir):
+    d = os.fspath(task.dir)
+    if not _exists(os.path.join(d, rundir.DONE)):
         return False
-    return all((rundir.eval_dir(task.dir, e) / rundir.DONE).exists() for e in task.eval_ids)
+    return task.stage == "eval" or all(_exists(os.path.join(d, rundir.EVALS, e, rundir.DONE))
+                                       for e in task.eval_ids)
 
 
 def collect_states(runs_dir: Path, tasks: Iterable[Task], *, details: bool = True) -> dict[str, TaskState]:
     """The state of every task, with at most one squeue and one sacct call in all.
 
     ``details`` adds each unfinished task's progress, last log line and error (``status``).
+    The task dirs' files are read by :func:`map_io` (a few threads), so a cold cache or a
+    network file system does not cost one round trip per file in turn.
     """
     runs_dir = Path(runs_dir)
     tasks = list(tasks)
-    done = {t.key for t in tasks if task_done(t)}
-    records = {t.key: read_job(t.dir) for t in tasks if t.key not in done}
+    probes = map_io(functools.partial(_probe, details=details), tasks)
+    done = {t.key for t, (finished, _job, _log) in zip(tasks, probes) if finished}
+    records = {t.key: job for t, (finished, job, _log) in zip(tasks, probes) if not finished}
     slurm_ids = [r.job_id for r in records.values() if r and r.cluster == "slurm"]
     queue = scheduler.queue_states(slurm_ids) if slurm_ids else {}
     gone = [j for j in slurm_ids if queue is not None and j not in queue]
     acct = (scheduler.accounting_states(gone) or {}) if gone else {}
     out: dict[str, TaskState] = {}
-    for t in tasks:  # in stage order: a task's needs are decided before it
-        if t.key in done:
-            if details:
-                log_dir = t.dir if t.stage != "eval" else t.dir.parent.parent
-                out[t.key] = TaskState(t.key, DONE, (read_job(t.dir) or _NO_JOB).job_id,
-                                       last_log=last_line(log_dir / rundir.LOG))
-            else:
-                out[t.key] = TaskState(t.key, DONE)
+    for t, (finished, job, log) in zip(tasks, probes):  # in stage order: needs are decided first
+        if finished:
+            out[t.key] = TaskState(t.key, DONE, (job or _NO_JOB).job_id, last_log=log) if details \
+                else TaskState(t.key, DONE)
             continue
-        out[t.key] = _state_of(runs_dir, t, records[t.key], queue, acct, out, details)
+        out[t.key] = _state_of(t, records[t.key], queue, acct, out)
+    if details:
+        unfinished = [t for t in tasks if t.key not in done]
+        for t, state in zip(unfinished, map_io(lambda t: _with_details(runs_dir, t, out[t.key]), unfinished)):
+            out[t.key] = state
     return out
 
 
 _NO_JOB = JobRecord("", "", "", "")
 
 
-def _state_of(runs_dir: Path, task: Task, record: JobRecord | None, queue: dict[str, str] | None,
-              acct: dict[str, str], decided: dict[str, TaskState], details: bool) -> TaskState:
+def _probe(task: Task, details: bool) -> tuple[bool, JobRecord | None, str]:
+    """(done, its job.json, last log line) of a task: every file read :func:`collect_states` needs
+    before asking the scheduler (a done task's job and log only with ``details``)."""
+    if task_done(task):
+        if not details:
+            return True, None, ""
+        log_dir = task.dir if task.stage != "eval" else task.dir.parent.parent
+        return True, read_job(task.dir), last_line(os.path.join(log_dir, rundir.LOG))
+    return False, read_job(task.dir), ""
+
+
+def _state_of(task: Task, record: JobRecord | None, queue: dict[str, str] | None,
+              acct: dict[str, str], decided: dict[str, TaskState]) -> TaskState:
     bad_needs = [k for k in task.needs if decided.get(k) and decided[k].state in (FAILED, BLOCKED)]
     job_id = record.job_id if record else ""
     if record is None:
@@ -254,12 +299,29 @@ def _state_of(runs_dir: Path, task: Task, record: JobRecord | None, queue: dict[
                    and not (rundir.eval_dir(task.dir, e) / rundir.DONE).exists()]
             if new:  # evaluations added to the grid after the job ran: never launched
                 state, detail = NOT_LAUNCHED, f"{len(new)} new evaluation(s)"
-    if not details:
-        return TaskState(task.key, state, job_id, detail)
+    return TaskState(task.key, state, job_id, detail)
+
+
+def _with_details(runs_dir: Path, task: Task, s: TaskState) -> TaskState:
+    """``s`` with the progress, error and last log line of an unfinished task."""
     log_dir = task.dir if task.stage != "eval" else task.dir.parent.parent
-    error = error_line(runs_dir, log_dir, job_id) if state == FAILED else ""
-    progress = task_progress(task) if state in (RUNNING, FAILED, UNKNOWN) else ""
-    return TaskState(task.key, state, job_id, detail, progress, error, last_line(log_dir / rundir.LOG))
+    error = error_line(runs_dir, log_dir, s.job_id) if s.state == FAILED else ""
+    progress = task_progress(task) if s.state in (RUNNING, FAILED, UNKNOWN) else ""
+    return TaskState(task.key, s.state, s.job_id, s.detail, progress, error, last_line(log_dir / rundir.LOG))
+
+
+def map_io(fn: Callable[[T], R], items: Sequence[T], threads: int = IO_THREADS) -> list[R]:
+    """``[fn(x) for x in items]`` with the calls spread over ``threads`` threads in contiguous
+    chunks: same results in the same order, the first exception (in item order) raised. For
+    functions that mostly wait on file reads (the GIL is released while they wait)."""
+    items = list(items)
+    if len(items) < 4 * threads:
+        return [fn(x) for x in items]
+    size = -(-len(items) // (4 * threads))
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
+    with ThreadPoolExecutor(threads) as pool:
+        parts = list(pool.map(lambda chunk: [fn(x) for x in chunk], chunks))
+    return [y for part in parts for y in part]
 
 
 def task_progress(task: Task) -> str:
