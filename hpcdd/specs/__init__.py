@@ -4,7 +4,7 @@ See :mod:`hpcdd.specs.base`. Implementations live in :mod:`hpcdd.distill`, :mod:
 and are imported only when something runs.
 """
 
-from hpcdd.specs import coreset, dm, samplers  # noqa: F401  (registration lines)
+from hpcdd.specs import coreset, dc, dm, samplers  # noqa: F401  (registration lines)
 from hpcdd.specs import generative  # noqa: F401
 from hpcdd.specs.base import (
     METHODS, PREREQS, SAMPLERS, MethodSpec, NoParams, PrereqRef, PrereqSpec, SamplerSpec,
