@@ -156,6 +156,9 @@ class ExecConfig:
     eval_every: int = 0
     """If > 0, log a quick eval (1 model, 100 epochs) to metrics.jsonl at iteration 0 and every
     this many iterations. 0 disables it."""
+    eval_points: int = 0
+    """If > 0, log that many quick evals, evenly spaced over the iterations (plus iteration 0),
+    whatever the budget (a curve of the same resolution for a 10- and a 200-iteration run)."""
     progress: bool = True
     """Show tqdm progress bars."""
     deterministic: bool = True
@@ -170,8 +173,8 @@ class ExecConfig:
             raise ConfigError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if not 0 < self.checkpoint_minutes <= 10080:
             raise ConfigError(f"checkpoint_minutes must be in (0, 10080], got {self.checkpoint_minutes}")
-        if self.eval_every < 0:
-            raise ConfigError(f"eval_every must be >= 0, got {self.eval_every}")
+        if self.eval_every < 0 or self.eval_points < 0:
+            raise ConfigError(f"eval_every and eval_points must be >= 0, got {self.eval_every}, {self.eval_points}")
         if self.threads is not None and not 1 <= self.threads <= 4096:
             raise ConfigError(f"threads must be between 1 and 4096, got {self.threads}")
         for name in ("data_root", "artefact_root"):

@@ -241,15 +241,16 @@ def _prerequisites(cfg: RunConfig, run_dir: Path, ctx: _Context, should_stop: Sh
 
 
 def _quick_eval_hook(cfg: RunConfig, run_dir: Path, distiller: Any, ctx: _Context) -> Callable[[int], None] | None:
-    """One model, 100 epochs, every ``eval_every`` iterations: an accuracy-vs-iterations curve."""
-    every = ctx.exec_cfg.eval_every
-    if not every:
+    """One model, 100 epochs, at iteration 0 and every ``eval_every`` iterations (or at
+    ``eval_points`` evenly spaced ones): an accuracy-vs-iterations curve in metrics.jsonl."""
+    due = quick_eval_points(cfg.iterations, ctx.exec_cfg.eval_every, ctx.exec_cfg.eval_points)
+    if not due:
         return None
     model = "convnet3" if cfg.net.startswith("convnet") else cfg.net
     ev = EvalConfig(models=(model,), n=1, epochs=100)
 
     def hook(done: int) -> None:
-        if done % every and done != 0:
+        if done not in due:
             return
         from hpcdd.sources import ImageSource
 
@@ -261,6 +262,16 @@ def _quick_eval_hook(cfg: RunConfig, run_dir: Path, distiller: Any, ctx: _Contex
             {"it": done, "eval_acc": res[model]["acc_mean"], "eval_model": model, "eval_epochs": 100}))
 
     return hook
+
+
+def quick_eval_points(total: int, every: int, points: int) -> set[int]:
+    """The completed-iteration counts at which quick evals run (always 0 when any run)."""
+    due: set[int] = set()
+    if every:
+        due |= set(range(0, total + 1, every))
+    if points:
+        due |= {round(i * total / points) for i in range(points + 1)}
+    return due
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
 from yaml.events import MappingStartEvent, SequenceStartEvent
 from yaml.nodes import MappingNode, ScalarNode

@@ -25,6 +25,17 @@ def tiny(**kw) -> RunConfig:
 QUIET = ExecConfig(progress=False, checkpoint_every=2)
 
 
+def stop_after(n: int):
+    """A ``should_stop`` that turns true at its n-th call (a preemption at a step boundary)."""
+    calls = {"n": 0}
+
+    def should_stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] >= n
+
+    return should_stop
+
+
 def synset(run_dir: Path) -> dict:
     """A run dir's saved synthetic set."""
     return torch.load(Path(run_dir) / "synset.pt", weights_only=True)

@@ -19,6 +19,8 @@ from hpcdd.runtime.checkpoint import checkpoint_files
 from hpcdd.runtime.preempt import Interrupted
 from hpcdd.sources import load_source
 
+from helpers import stop_after
+
 TINY = {"dataset": "digits", "iterations": 3, "gan_steps": 4, "gan_width": 8, "gan_batch": 32, "match_batch": 20,
         "pool_warmup": 1, "pool": ["convnet3"], "local_layers": ["convnet3:block2"], "ipc": 2}
 EVAL = EvalConfig(epochs=1, n=1, ipc=2)
@@ -31,16 +33,6 @@ def exe(root: Path, **kw) -> ExecConfig:
 def cfg(**kw):
     run, _ = configs_from_flat({"method": "global_local", **TINY, **kw}, where="test")
     return run
-
-
-def stop_after(n):
-    calls = {"n": 0}
-
-    def should_stop():
-        calls["n"] += 1
-        return calls["n"] >= n
-
-    return should_stop
 
 
 @pytest.fixture(scope="module")

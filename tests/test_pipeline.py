@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpcdd.catalog import configs_from_flat, eval_id, prereq_id, prerequisites, resolve
+from hpcdd.catalog import configs_from_flat, prereq_id, prerequisites, resolve
 from hpcdd.config import EvalConfig, ExecConfig
 from hpcdd.errors import ConfigError
 from hpcdd.run import evaluate_run, run_one

@@ -13,17 +13,7 @@ from hpcdd.run import evaluate_run, run_one
 from hpcdd.runtime.checkpoint import checkpoint_files
 from hpcdd.runtime.preempt import Interrupted
 
-from helpers import QUIET, TINY_EVAL, result, synset, tiny
-
-
-def stop_after(n):
-    calls = {"n": 0}
-
-    def should_stop():
-        calls["n"] += 1
-        return calls["n"] >= n
-
-    return should_stop
+from helpers import QUIET, TINY_EVAL, result, stop_after, synset, tiny
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +238,16 @@ def test_a_malformed_metrics_row_does_not_block_resume(tmp_path, reference):
     assert torch.equal(synset(tmp_path)["images"], reference["images"])
     its = [r["it"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert its == list(range(6))
+
+
+def test_quick_eval_points_are_evenly_spaced_whatever_the_budget(tmp_path):
+    import dataclasses
+
+    from hpcdd.run import quick_eval_points
+
+    assert quick_eval_points(10, 0, 5) == {0, 2, 4, 6, 8, 10}
+    assert quick_eval_points(200, 0, 10) == set(range(0, 201, 20))
+    assert quick_eval_points(6, 3, 0) == {0, 3, 6} and quick_eval_points(6, 0, 0) == set()
+    run_one(tiny(), tmp_path, dataclasses.replace(QUIET, eval_points=3), evaluate=False)
+    evals = [r["it"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "eval_acc" in r]
+    assert evals == [0, 2, 4, 6]

@@ -24,7 +24,7 @@ from hpcdd.sweep.job import SweepJob
 from hpcdd.sweep.launch import execute, plan_launch
 from hpcdd.sweep.state import JobRecord, Task, build_tasks, collect_states, write_job
 
-from helpers import TINY_EVAL, result, sweep_cli, synset, write_grid
+from helpers import result, sweep_cli, synset, write_grid
 
 TINY = {"dataset": "digits", "ipc": 1, "iterations": 6, "batch_real": 16, "net": "mlp",
         "eval_epochs": 2, "eval_n": 1}

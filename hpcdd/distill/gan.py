@@ -86,6 +86,21 @@ def gan_step(G, D, opt_g, opt_d, real, labels, *, num_classes: int, gp_lambda: f
     return metrics
 
 
+def gan_state(job: Any) -> dict[str, Any]:
+    """The GAN part of a job's state: both nets, both optimisers, the noise generator."""
+    return {"G": job.G.state_dict(), "D": job.D.state_dict(), "opt_g": job.opt_g.state_dict(),
+            "opt_d": job.opt_d.state_dict(), "gen": job.gen.get_state()}
+
+
+def load_gan_state(job: Any, state: dict[str, Any]) -> None:
+    """Restore what :func:`gan_state` returned."""
+    job.G.load_state_dict(state["G"])
+    job.D.load_state_dict(state["D"])
+    job.opt_g.load_state_dict(state["opt_g"])
+    job.opt_d.load_state_dict(state["opt_d"])
+    job.gen.set_state(state["gen"])
+
+
 class GanPretrain(PrereqJob):
     """``gan_pretrain``: a resumable, steppable WGAN-GP/ACGAN training job."""
 
@@ -121,15 +136,10 @@ class GanPretrain(PrereqJob):
                         gp_lambda=self.config.gp_lambda, aux_weight=self.config.aux_weight, gen=self.gen)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"G": self.G.state_dict(), "D": self.D.state_dict(), "opt_g": self.opt_g.state_dict(),
-                "opt_d": self.opt_d.state_dict(), "gen": self.gen.get_state()}
+        return gan_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.G.load_state_dict(state["G"])
-        self.D.load_state_dict(state["D"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.gen.set_state(state["gen"])
+        load_gan_state(self, state)
 
     def after_step(self, out_dir: Path, done: int) -> None:
         tenth = max(1, self.total_steps // 10)
@@ -175,4 +185,5 @@ def generator_source(G, kwargs: dict[str, Any], info: Any) -> GeneratorSource:
     return GeneratorSource(G, "dim", kwargs, info.num_classes, G.nz, tuple(info.mean), tuple(info.std))
 
 
-__all__ = ["GanPretrain", "gan_step", "build_gan", "load_gan", "save_samples", "generator_source"]
+__all__ = ["GanPretrain", "gan_step", "build_gan", "load_gan", "save_samples", "generator_source", "gan_state",
+           "load_gan_state"]

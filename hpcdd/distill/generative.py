@@ -31,7 +31,9 @@ import torch.nn.functional as F
 
 from hpcdd.augment import DSA
 from hpcdd.distill.base import Distiller
-from hpcdd.distill.gan import gan_step, generator_kwargs, generator_source, load_gan
+from hpcdd.distill.gan import (
+    gan_state, gan_step, generator_kwargs, generator_source, load_gan, load_gan_state,
+)
 from hpcdd.gan_losses import from_normalized, frozen, global_logit_loss, local_feature_loss, to_normalized
 from hpcdd.seeding import fresh_net, generator
 from hpcdd.sources import Source, SyntheticSet
@@ -136,20 +138,14 @@ class GenerativeDistiller(Distiller):
 
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        state = {"G": self.G.state_dict(), "D": self.D.state_dict(), "opt_g": self.opt_g.state_dict(),
-                 "opt_d": self.opt_d.state_dict(), "gen": self.gen.get_state(), "model_epoch": self.model_epoch,
-                 "model_arch": self.model_arch}
+        state = {**gan_state(self), "model_epoch": self.model_epoch, "model_arch": self.model_arch}
         if self.model is not None:
             state["model"] = self.model.state_dict()
             state["model_opt"] = self.model_opt.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.G.load_state_dict(state["G"])
-        self.D.load_state_dict(state["D"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.gen.set_state(state["gen"])
+        load_gan_state(self, state)
         self.model = None
         if "model" in state:
             self._new_model(state["model_arch"], int(state["model_epoch"]))

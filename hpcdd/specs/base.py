@@ -17,10 +17,11 @@ import dataclasses
 import importlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from hpcdd.config import RunConfig, check_config
 from hpcdd.errors import ConfigError
+from hpcdd.registry import Registry
 
 PLUGINS_ENV = "HPCDD_PLUGINS"
 OUTPUTS = ("images", "generator")
@@ -103,38 +104,23 @@ class PrereqSpec:
 S = TypeVar("S")
 
 
-class SpecRegistry(Generic[S]):
-    """Name -> spec. ``kind`` names the registry in error messages."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self._items: dict[str, S] = {}
+class SpecRegistry(Registry[S]):
+    """A :class:`hpcdd.registry.Registry` of specs that imports ``$HPCDD_PLUGINS`` before lookups."""
 
     def add(self, name: str, spec: S) -> S:
-        if name in self._items:
-            raise ValueError(f"duplicate {self.kind} name {name!r}")
-        self._items[name] = spec
-        return spec
+        return self.register(name)(spec)
 
     def get(self, name: str) -> S:
         load_plugins()
-        try:
-            return self._items[name]
-        except KeyError:
-            raise ConfigError(
-                f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
-            ) from None
+        return super().get(name)
 
     def names(self) -> list[str]:
         load_plugins()
-        return sorted(self._items)
+        return super().names()
 
     def __contains__(self, name: object) -> bool:
         load_plugins()
-        return name in self._items
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
+        return super().__contains__(name)
 
 
 METHODS: SpecRegistry[MethodSpec] = SpecRegistry("method")
