@@ -138,14 +138,15 @@ class DreamSampler(Sampler):
     def _recluster(self, due: list[int], n: int, net: nn.Module) -> None:
         p = self.params
         rounds = [self._slots[(c, n)].calls // p.interval for c in due]
-        t0 = time.perf_counter()
+        device = next(net.parameters()).device
+        t0 = _clock(device)
         feats = embed_classes(self.bank, net, due)
-        t1 = _clock(feats[0].device)
+        t1 = _clock(device)
         pools = [self.pool_indices(c, n, r) for c, r in zip(due, rounds)]
         train = [f if s is None else f[s.to(f.device)] for f, s in zip(feats, pools)]
         seeds = [self.kmeans_seed(c, n, r) for c, r in zip(due, rounds)]
         picks, backend = select_nearest(feats, train, n // p.query_k, p.query_k, seeds, p)
-        t2 = _clock(feats[0].device)
+        t2 = _clock(device)
         for c, pick in zip(due, picks):
             chosen = self.bank.class_indices[c][pick]
             self._slots[(c, n)].indices = chosen
