@@ -128,10 +128,15 @@ def _setup(cfg: RunConfig, evals: Sequence[EvalConfig], exec_cfg: ExecConfig, t_
     for name in {cfg.net, *(m for ev in evals for m in ev.models)}:  # net/image-size mismatch: now
         build_net(name, info.channels, info.num_classes, info.im_size)
     smallest = min(len(idx) for idx in data.train.class_indices)
+    method = METHODS.get(cfg.method)
     for ipc in {cfg.ipc, *(effective_ipc(cfg, ev) for ev in evals)} - {None}:
-        if ipc > smallest and METHODS.get(cfg.method).output == "images":
+        if ipc > smallest and method.output == "images":
             raise ConfigError(f"ipc {ipc} exceeds the smallest class of {cfg.dataset} "
                               f"({smallest} training images)")
+    sampler = SAMPLERS.get(cfg.sampler)
+    if sampler.check is not None and method.samplers:
+        params = from_dict(sampler.params, cfg.sampler_params, where=f"sampler {cfg.sampler}")
+        sampler.check(params, method.per_class(cfg, info.num_classes), smallest)
     return _Context(accelerator, data, prov, exec_cfg, t_start)
 
 

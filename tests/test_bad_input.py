@@ -66,6 +66,10 @@ def finished(tmp_path_factory) -> Path:
     (["--ipc", "500", "--method", "kcenter"], "exceeds the smallest class"),
     (["--eval-epochs", "0"], "eval_epochs must be >= 1"),
     (["--threads", "0"], "threads must be between"),
+    (["--sampler", "dream", "--batch-real", "5000"], "exceeds the smallest class"),
+    (["--sampler", "dream", "--query-k", "3"], "not a multiple of query_k"),
+    (["--sampler", "dream", "--interval", "0"], "interval must be >= 1"),
+    (["--method", "random", "--sampler", "dream"], "takes no sampler"),
 ])
 def test_distill_refuses(capsys, tmp_path, flags, words):
     err = refused(capsys, tmp_path, "distill", *TINY, *flags, "--out", str(tmp_path / "r"))

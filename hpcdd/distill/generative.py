@@ -37,6 +37,7 @@ from hpcdd.distill.gan import (
 from hpcdd.gan_losses import from_normalized, frozen, global_logit_loss, local_feature_loss, to_normalized
 from hpcdd.seeding import fresh_net, generator
 from hpcdd.sources import Source, SyntheticSet
+from hpcdd.specs.generative import real_per_class
 
 POOL_MOMENTUM, POOL_WEIGHT_DECAY = 0.9, 5e-4
 
@@ -63,7 +64,7 @@ class GenerativeDistiller(Distiller):
         for opt in (self.opt_g, self.opt_d):  # stage 2 continues the optimiser states at a new lr
             for group in opt.param_groups:
                 group["lr"] = p.match_lr
-        self.per_class = max(1, p.match_batch // info.num_classes)
+        self.per_class = real_per_class(cfg, info.num_classes)
         self.steps_per_model = p.pool_every or max(1, len(data) // (self.per_class * info.num_classes))
         self.dsa = DSA(p.match_aug)
         self.pool_dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None

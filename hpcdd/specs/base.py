@@ -72,6 +72,12 @@ class MethodSpec:
     check: Callable[[RunConfig], None] | None = None
     """Checks across fields of a resolved config (e.g. parameters that depend on ipc); raises
     ``ConfigError``. Runs at resolution, so a bad grid point is refused before anything runs."""
+    real_per_class: Callable[[RunConfig, int], int] | None = None
+    """Real images per class it asks its sampler for per step, given the number of classes
+    (default: ``batch_real``)."""
+
+    def per_class(self, cfg: RunConfig, num_classes: int) -> int:
+        return self.real_per_class(cfg, num_classes) if self.real_per_class else cfg.batch_real
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
@@ -86,6 +92,9 @@ class SamplerSpec:
     impl: str
     summary: str
     params: type = NoParams
+    check: Callable[[Any, int, int], None] | None = None
+    """``check(params, n, smallest_class)``: refuse (``ConfigError``) a per-class request of ``n``
+    it cannot serve; run before a run writes any file."""
 
 
 @dataclass(frozen=True)

@@ -169,6 +169,11 @@ def pretrain_config(cfg: RunConfig) -> GanPretrainConfig:
         label_mode=p["gan_label_mode"], head=p["gan_head"], seed=p["gan_seed"])
 
 
+def real_per_class(cfg: RunConfig, num_classes: int) -> int:
+    """Real images per class of one generator step: the class-balanced share of match_batch."""
+    return max(1, cfg.params["match_batch"] // num_classes)
+
+
 def _prerequisites(cfg: RunConfig) -> list[PrereqRef]:
     return [PrereqRef("gan_pretrain", pretrain_config(cfg), role="gan")]
 
@@ -192,9 +197,11 @@ register_method(MethodSpec(
     name="global_local", impl="hpcdd.distill.generative:GenerativeDistiller", params=GenerativeParams,
     summary="Li et al. 2024: a cGAN tuned by global logit and local feature matching over a model pool",
     defaults={"iterations": 93750}, output="generator", prerequisites=_prerequisites, check=_check,
+    real_per_class=real_per_class,
 ))
 register_method(MethodSpec(
     name="dim", impl="hpcdd.distill.generative:GenerativeDistiller", params=DimParams,
     summary="DiM (Wang et al. 2023): a cGAN tuned by logit matching over a model pool",
     defaults={"iterations": 93750}, output="generator", prerequisites=_prerequisites, check=_check,
+    real_per_class=real_per_class,
 ))

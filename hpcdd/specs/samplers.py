@@ -83,7 +83,7 @@ register_sampler(SamplerSpec(
     summary="uniform sampling without replacement inside the class (DC, DSA, DM)",
 ))
 register_sampler(SamplerSpec(
-    name="dream", impl="hpcdd.select.dream:DreamSampler", params=DreamParams,
+    name="dream", impl="hpcdd.select.dream:DreamSampler", params=DreamParams, check=check_dream,
     summary="DREAM: the real samples nearest per-class k-means centroids of the matching net's "
             "embeddings, re-clustered every interval steps",
 ))
