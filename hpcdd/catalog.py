@@ -21,7 +21,7 @@ from hpcdd.config import (
     non_default, to_dict,
 )
 from hpcdd.errors import ConfigError
-from hpcdd.specs import METHODS, PREREQS, SAMPLERS, MethodSpec, PrereqRef
+from hpcdd.specs import METHODS, PREREQS, SAMPLERS, MethodSpec, PrereqRef, SamplerSpec
 from hpcdd.specs.base import param_names
 from hpcdd.specs.dsa import check_strategy, default_strategy
 
@@ -79,6 +79,13 @@ def configs_from_flat(data: Mapping[str, Any], where: str = "config") -> tuple[R
     For a generator method, ``ipc`` (given or its default) is how many images per class its
     evaluation draws, so it becomes ``eval_ipc`` (unless that is given): one generator serves every ipc.
     """
+    run, ev, _method, _sampler = _configs_from_flat(data, where)
+    return run, ev
+
+
+def _configs_from_flat(data: Mapping[str, Any],
+                       where: str) -> tuple[RunConfig, EvalConfig, MethodSpec, SamplerSpec]:
+    """:func:`configs_from_flat`, and the method's and sampler's specs it looked up."""
     if not isinstance(data, collections.abc.Mapping):
         raise ConfigError(f"{where} must be a mapping of config keys, got {type(data).__name__}")
     run: dict[str, Any] = {}
@@ -114,7 +121,8 @@ def configs_from_flat(data: Mapping[str, Any], where: str = "config") -> tuple[R
         run[name] = {**nested[name], **flat_params[name]}
     if method.output == "generator" and "ipc" not in ev and run.get("ipc", RunConfig.ipc) is not None:
         ev["ipc"] = run.get("ipc", RunConfig.ipc)
-    return from_dict(RunConfig, run, where=where), from_dict(EvalConfig, ev, where=where)
+    run_cfg, ev_cfg = from_dict(RunConfig, run, where=where), from_dict(EvalConfig, ev, where=where)
+    return run_cfg, ev_cfg, method, sampler
 
 
 @functools.cache
@@ -155,8 +163,10 @@ def resolve(cfg: RunConfig) -> RunConfig:
 
     Pure and torch-free (dataset and net names are checked by :func:`check_names`).
     """
-    method = METHODS.get(cfg.method)
-    sampler = SAMPLERS.get(cfg.sampler)
+    return _resolve(cfg, METHODS.get(cfg.method), SAMPLERS.get(cfg.sampler))
+
+
+def _resolve(cfg: RunConfig, method: MethodSpec, sampler: SamplerSpec) -> RunConfig:
     if not method.samplers and cfg.sampler != "random":
         raise ConfigError(f"method {cfg.method} draws no real images, so it takes no sampler "
                           f"(got sampler {cfg.sampler!r})")
@@ -184,8 +194,11 @@ def resolve(cfg: RunConfig) -> RunConfig:
 def run_id(cfg: RunConfig) -> str:
     """12-hex-digit identity of a *resolved* config: hash of its non-default values, with the
     method's and sampler's parameters compared to their own defaults."""
+    return _run_id(cfg, METHODS.get(cfg.method), SAMPLERS.get(cfg.sampler))
+
+
+def _run_id(cfg: RunConfig, method: MethodSpec, sampler: SamplerSpec) -> str:
     canon = non_default(cfg, skip=NESTED)
-    method, sampler = METHODS.get(cfg.method), SAMPLERS.get(cfg.sampler)
     for name, cls in (("params", method.params), ("sampler_params", sampler.params)):
         changed = non_default(from_dict(cls, getattr(cfg, name), where=f"{cfg.method} {name}"))
         if changed:
@@ -195,7 +208,10 @@ def run_id(cfg: RunConfig) -> str:
 
 def resolve_eval(ev: EvalConfig, run: RunConfig) -> EvalConfig:
     """Check an evaluation against the (resolved) run it evaluates."""
-    method = METHODS.get(run.method)
+    return _resolve_eval(ev, run, METHODS.get(run.method))
+
+
+def _resolve_eval(ev: EvalConfig, run: RunConfig, method: MethodSpec) -> EvalConfig:
     if method.output == "images":
         if ev.kind == "resample":
             raise ConfigError(f"eval_kind resample draws fresh images from a generator; method "
@@ -212,6 +228,19 @@ def resolve_eval(ev: EvalConfig, run: RunConfig) -> EvalConfig:
 def eval_id(ev: EvalConfig) -> str:
     """12-hex-digit identity of an evaluation (hash of its non-default values)."""
     return identity_hash(non_default(ev))
+
+
+def resolve_point(data: Mapping[str, Any], where: str = "config") -> tuple[RunConfig, EvalConfig, str, str]:
+    """(run, evaluation, run_id, eval_id) of flat keys: :func:`configs_from_flat`, :func:`resolve`,
+    :func:`resolve_eval` and the identities in one go, the registries asked once (grid points)."""
+    run, ev, method, sampler = _configs_from_flat(data, where)
+    run = _resolve(run, method, sampler)
+    if run.method != method.name:  # a method's fixed values never change the names; if one did,
+        method = METHODS.get(run.method)  # ask the registries as the separate calls would
+    if run.sampler != sampler.name:
+        sampler = SAMPLERS.get(run.sampler)
+    ev = _resolve_eval(ev, run, method)
+    return run, ev, _run_id(run, method, sampler), eval_id(ev)
 
 
 def effective_ipc(run: RunConfig, ev: EvalConfig) -> int | None:
@@ -264,7 +293,7 @@ def flat_run(cfg: RunConfig) -> dict[str, Any]:
 
 
 __all__ = [
-    "configs_from_flat", "resolve", "run_id", "resolve_eval", "eval_id", "effective_ipc",
+    "configs_from_flat", "resolve", "run_id", "resolve_eval", "eval_id", "resolve_point", "effective_ipc",
     "prerequisites", "prereq_id", "prereq_from_dict", "check_names", "flat_run", "flat_names",
     "run_fields", "check_registries", "method_param_names", "sampler_param_names", "NESTED",
 ]

@@ -35,10 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcdd.catalog import (
-    configs_from_flat, eval_id, flat_names, prereq_id, prerequisites, resolve, resolve_eval, run_fields,
-    run_id,
-)
+from hpcdd.catalog import eval_id, flat_names, prereq_id, prerequisites, resolve_point, run_fields
 from hpcdd.config import (
     EVAL_PREFIX, EvalConfig, ExecConfig, RunConfig, check_config, field_names, from_dict, plain,
 )
@@ -392,13 +389,11 @@ def _resolve_points(base: dict, points, source: str) -> list[SweepCell]:
     for i, point in enumerate(points):
         where = f"{source}: grid point {i} {_describe(point)}"
         try:
-            run, ev = configs_from_flat({**base, **point}, where=where)
-            run = resolve(run)
-            ev = resolve_eval(ev, run)
+            run, ev, rid, eid = resolve_point({**base, **point}, where=where)
         except ConfigError as e:
             msg = str(e)
             raise ConfigError(msg if msg.startswith(source) else f"{where}: {msg}") from None
-        key = (run_id(run), eval_id(ev))
+        key = (rid, eid)
         if key in seen:
             j = seen[key]
             raise ConfigError(
