@@ -198,26 +198,37 @@ def field_names(cls: type) -> tuple[str, ...]:
 
 
 @functools.cache
-def _field_checks(cls: type) -> tuple[tuple[str, Callable[[Any], bool], bool, Any], ...]:
-    """Per field of ``cls``: (name, compiled type predicate, wants a float, type hint), once per
-    class: the predicates do what :func:`_matches` does without asking ``typing`` per value."""
+def _field_checks(cls: type) -> tuple[tuple[str, frozenset[type], Callable[[Any], bool], bool, Any], ...]:
+    """Per field of ``cls``, once per class: (name, types accepted as they are, type predicate,
+    wants a float, type hint). The predicate does what :func:`_matches` does without asking
+    ``typing`` per value; a value of an accepted type (``str`` for ``str``, ``int`` or ``None`` for
+    ``int | None``, ...) passes without calling it."""
     hints = type_hints(cls)
-    return tuple((name, _checker(hints[name]), _wants_float(hints[name]), hints[name])
-                 for name in field_names(cls))
+    return tuple((name, _exact_types(hints[name]), _checker(hints[name]), _wants_float(hints[name]),
+                  hints[name]) for name in field_names(cls))
 
 
 def check_config(obj: Any) -> None:
     """Check every field's type (``ConfigError`` naming it), store ints given for float fields as
     floats (so 1 and 1.0 are one identity) and reject NaN/Inf. Call from ``__post_init__``."""
-    for name, ok, wants_float, tp in _field_checks(type(obj)):
+    for name, exact, ok, wants_float, tp in _field_checks(type(obj)):
         value = getattr(obj, name)
-        if not ok(value):
+        if type(value) not in exact and not ok(value):
             raise ConfigError(f"config key {name!r} must be {_type_name(tp)}, got {value!r}")
         if wants_float and isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):
                 raise ConfigError(f"config key {name!r} must be finite, got {value!r}")
             if type(value) is not float:
                 object.__setattr__(obj, name, float(value))
+
+
+def _exact_types(tp: Any) -> frozenset[type]:
+    """Types whose every value :func:`_matches` ``tp`` (``bool`` never counts as ``int``)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return frozenset().union(*(_exact_types(t) for t in typing.get_args(tp)))
+    if tp is type(None) or tp in (str, int, float, bool):
+        return frozenset({tp})
+    return frozenset()
 
 
 def _checker(tp: Any) -> Callable[[Any], bool]:
