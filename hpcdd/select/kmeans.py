@@ -265,8 +265,8 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
     faiss = _import_faiss()
     if faiss is None:
         if backend == "faiss":
-            raise ConfigError("k-means backend 'faiss' needs the faiss module: pip install faiss-cpu "
-                              "(or faiss-gpu-cu12), or use backend='torch'")
+            raise ConfigError("k-means backend 'faiss' needs the faiss module: pip install 'hpcdd[faiss]' "
+                              "(or 'hpcdd[gpu]' on CUDA 12; never both), or use backend='torch'")
         return "torch"
     if backend == "auto" and device.type == "cuda" and _faiss_gpu_device(faiss, device) is None:
         return "torch"  # CPU FAISS would copy to the host and lose to torch on the GPU

@@ -25,6 +25,7 @@ import dataclasses
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -37,7 +38,7 @@ from hpcdd.io import now_utc, sync_filesystem
 from hpcdd.sweep import scheduler
 from hpcdd.sweep.grid import Sweep
 from hpcdd.sweep.state import (
-    ACTIVE, BLOCKED, DONE, FAILED, NOT_LAUNCHED, PENDING, STAGES, SUBMITIT_DIR, UNKNOWN, JobRecord,
+    ACTIVE, BLOCKED, DONE, FAILED, NOT_LAUNCHED, PENDING, RUNNING, STAGES, SUBMITIT_DIR, UNKNOWN, JobRecord,
     Task, TaskState, build_tasks, collect_states, read_manifest, write_job, write_manifest,
 )
 
@@ -358,7 +359,8 @@ class _Progress:
         from tqdm.auto import tqdm
 
         self.cluster, self.total, self.every = cluster, total, every
-        self.t0 = self.last = time.monotonic()
+        self.t0 = time.monotonic()
+        self.last = self.t0 - every  # the first line at once
         self.tty = sys.stderr.isatty()
         self.bar = tqdm(total=total, desc=f"{cluster} tasks", unit="task", file=sys.stderr) if self.tty else None
         self.line = ""
@@ -401,22 +403,20 @@ def wait_for(runs_dir: Path, tasks: list[Task], *, poll_s: float = 10.0,
     Unless every task is done, the sweep must look settled on two polls in a row, so a task in the
     middle of a requeue is not mistaken for a failed one.
     """
-    from tqdm.auto import tqdm
-
     t0 = time.monotonic()
-    bar = tqdm(total=len(tasks), desc="tasks done", unit="task", disable=None, file=sys.stderr)
+    progress = _Progress("slurm", len(tasks))
     settled_before = False
     while True:
         states = collect_states(runs_dir, tasks, details=False)
-        bar.n = sum(s.state == DONE for s in states.values())
-        bar.refresh()
+        counts = Counter(s.state for s in states.values())
+        progress.update(counts[DONE], counts[RUNNING], counts[FAILED] + counts[BLOCKED])
         settled = not any(s.state in ACTIVE for s in states.values())
-        if settled and (settled_before or bar.n == len(tasks)):
-            bar.close()
+        if settled and (settled_before or counts[DONE] == len(tasks)):
+            progress.close()
             return states
         settled_before = settled
         if timeout_s is not None and time.monotonic() - t0 > timeout_s:
-            bar.close()
+            progress.close()
             busy = sum(s.state in ACTIVE for s in states.values())
             raise HpcddError(f"gave up waiting after {timeout_s:.0f}s: {busy} task(s) still pending, "
                              "running or unknown")
