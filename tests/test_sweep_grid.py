@@ -12,7 +12,6 @@ import yaml
 from hpcdd.catalog import configs_from_flat, resolve, run_id
 from hpcdd.config import ExecConfig
 from hpcdd.errors import ConfigError
-from hpcdd.specs import METHODS
 from hpcdd.sweep.grid import SlurmSpec, expand_grid, load_grid, point_values
 from hpcdd.sweep.launch import array_sizes, make_job
 from hpcdd.sweep.scheduler import _parse_lines, expand_task_ids
@@ -24,9 +23,6 @@ LAUNCH = sorted((REPO / "launch").glob("*.yaml"))
 TINY = {"dataset": "digits", "method": "dm", "ipc": 1, "iterations": 6, "batch_real": 16,
         "eval_epochs": 2, "eval_n": 1}
 
-# The generative method (and its lambda_local key) is not registered yet, so this grid is a
-# comment-only document until it is; test_ablation_local_waits_for_generative pins that.
-WAITS_FOR_GENERATIVE = {"ablation_local.yaml"}
 
 
 def grid(**kw):
@@ -182,7 +178,7 @@ def test_unreadable_or_invalid_yaml_file(tmp_path):
 # the grid files we ship
 
 
-@pytest.mark.parametrize("path", [p for p in LAUNCH if p.name not in WAITS_FOR_GENERATIVE], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", LAUNCH, ids=lambda p: p.name)
 def test_launch_grid_files_expand(path):
     sweep = load_grid(path)
     assert sweep.name == path.stem and len(sweep.runs) >= 1
@@ -202,24 +198,25 @@ def test_launch_grids_match_their_purpose():
     assert {r.config.ipc for r in quick.runs} == {1, 10} and {r.config.seed for r in quick.runs} == {0, 1}
     assert {c.eval.n for c in quick.cells} == {2}
     table1 = load_grid(REPO / "launch" / "table1.yaml")
-    assert len(table1.runs) == 2 * 3 * 3
+    image_methods, generative = 4, 2  # a generator serves every ipc: one run per dataset
+    assert len(table1.cells) == 6 * 3 * 3 and len(table1.runs) == (image_methods * 3 + generative) * 3
+    assert len(table1.prereqs) == 3  # one cGAN pretraining per dataset, shared by dim and global_local
     assert {(c.eval.epochs, c.eval.n) for c in table1.cells} == {(1000, 5)}
     cross = load_grid(REPO / "launch" / "cross_arch.yaml")
     assert {c.eval.models for c in cross.cells} == {
         ("convnet3", "alexnet", "vgg11", "resnet10", "resnet18")}
     dream = load_grid(REPO / "launch" / "dream_curve.yaml")
     assert sorted({r.config.iterations for r in dream.runs}) == list(range(100, 1001, 100))
-
-
-def test_ablation_local_waits_for_generative():
-    """Comment-only (loads as an empty document) until `generative` is registered; then it must expand."""
-    path = REPO / "launch" / "ablation_local.yaml"
-    text = path.read_text()
-    assert "lambda" in text and "generative" in text
-    if "generative" in METHODS:
-        load_grid(path)
-    else:
-        assert yaml.safe_load(text) is None, "uncommented before the generative method exists"
+    assert {r.config.sampler for r in dream.runs} == {"random", "dream"}
+    fmnist = load_grid(REPO / "launch" / "dream_fmnist.yaml")
+    assert {(r.config.method, r.config.sampler) for r in fmnist.runs} == {
+        ("dm", "random"), ("dm", "dream"), ("dc", "random"), ("dc", "dream"), ("dsa", "random"),
+        ("dsa", "dream"), ("random", "random")}
+    gen = load_grid(REPO / "launch" / "generative_fmnist.yaml")
+    assert len(gen.prereqs) == 1 and {c.eval.ipc for c in gen.cells if c.config.method == "dim"} == {1, 10, 50}
+    ablation = load_grid(REPO / "launch" / "ablation_local.yaml")
+    assert ablation.prereqs == gen.prereqs  # the same pretraining
+    assert [r.config.params["lambda_local"] for r in ablation.runs] == [0.0, 0.0001, 0.001, 0.01]
 
 
 # ----------------------------------------------------------------------------------------------
