@@ -137,7 +137,7 @@ def write_job(task_dir: Path, record: JobRecord, *, sync: bool = True) -> None:
 
 
 def read_job(task_dir: Path) -> JobRecord | None:
-    data = _load_json(os.path.join(task_dir, rundir.JOB))
+    data = _load_json(_join(os.fspath(task_dir), rundir.JOB))
     if not isinstance(data, dict):
         return None
     try:
@@ -155,6 +155,13 @@ def _load_json(path: str) -> object | None:
             return json.loads(f.read().decode("utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def _join(directory: str, *names: str) -> str:
+    """``os.path.join`` for names that are plain relative parts (file names, ids), without its
+    general-case work (thousands of calls per status)."""
+    sep = "" if not directory or directory.endswith("/") else "/"
+    return directory + sep + "/".join(names)
 
 
 def _exists(path: str) -> bool:
@@ -234,10 +241,9 @@ def task_done(task: Task) -> bool:
     """Finished: the artefact (prereq), the distillation and its inline evaluations (run), or the
     evaluation (eval). ``done`` markers are written last, so their presence is enough."""
     d = os.fspath(task.dir)
-    if not _exists(os.path.join(d, rundir.DONE)):
+    if not _exists(_join(d, rundir.DONE)):
         return False
-    return task.stage == "eval" or all(_exists(os.path.join(d, rundir.EVALS, e, rundir.DONE))
-                                       for e in task.eval_ids)
+    return task.stage == "eval" or all(_exists(_join(d, rundir.EVALS, e, rundir.DONE)) for e in task.eval_ids)
 
 
 def collect_states(runs_dir: Path, tasks: Iterable[Task], *, details: bool = True) -> dict[str, TaskState]:
@@ -280,7 +286,7 @@ def _probe(task: Task, details: bool) -> tuple[bool, JobRecord | None, str]:
         if not details:
             return True, None, ""
         log_dir = task.dir if task.stage != "eval" else task.dir.parent.parent
-        return True, read_job(task.dir), last_line(os.path.join(log_dir, rundir.LOG))
+        return True, read_job(task.dir), last_line(_join(os.fspath(log_dir), rundir.LOG))
     return False, read_job(task.dir), ""
 
 
