@@ -181,6 +181,26 @@ def test_chunked_real_gradient_equals_one_pass():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_bf16_real_gradients_stay_close_to_fp32():
+    cfg, data, d = make("dc")
+    model = fresh_net(cfg.net, data.info, 0, "t")
+    real, _ = d.batches(model, generator(0, "aug"))
+    fp32 = d.real_grads(model, real)
+    d.cfg = resolve(tiny(method="dc", precision="bf16", **SMALL))
+    bf16 = d.real_grads(model, real)
+    assert all(a.dtype == torch.float32 for a in bf16)
+    cos = torch.nn.functional.cosine_similarity(torch.cat([a.flatten() for a in fp32]),
+                                                torch.cat([b.flatten() for b in bf16]), dim=0)
+    assert cos > 0.99
+
+
+@pytest.mark.skipif("dream" not in SAMPLERS, reason="no dream sampler registered")
+def test_a_dream_sampler_plugs_in_by_config():
+    cfg, data, d = make("dsa", sampler="dream", iterations=1)
+    m = d.step(0)
+    assert m["loss"] > 0
+
+
 def test_bn_statistics_take_one_ema_step_then_freeze():
     cfg, data, d = make("dc", net="convnet3_bn")
     model = fresh_net(cfg.net, data.info, 0, "t")

@@ -48,7 +48,7 @@ from hpcdd.distill.common import autocast, class_labels, initial_images
 from hpcdd.seeding import fresh_net, generator
 from hpcdd.specs.dc import loops
 
-REAL_CHUNK = 256
+REAL_CHUNK = 128
 """Real images per forward/backward chunk of the real-gradient pass (see bench/bench_dc.py)."""
 BN_SIZE_PC = 16
 """Real images per class for the BatchNorm statistics (official ``BNSizePC``)."""
