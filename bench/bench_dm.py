@@ -21,19 +21,19 @@ from pathlib import Path
 
 import torch
 
-from hpcdd.config import RunConfig, resolve
+from hpcdd.catalog import resolve
+from hpcdd.config import RunConfig
 from hpcdd.data import load_dataset
-from hpcdd.distill import METHODS
 from hpcdd.runtime.accel import make_accelerator
 from hpcdd.runtime.malloc import tune_malloc
 from hpcdd.runtime.provenance import git_commit
-from hpcdd.select import SAMPLERS
+from hpcdd.specs import METHODS, SAMPLERS, load_impl
 
 
 def time_variant(data, precision: str, per_class: bool, chunk: int, iters: int, warmup: int) -> float:
     cfg = resolve(RunConfig(dataset="fashionmnist", ipc=10, batch_real=256, precision=precision))
-    sampler = SAMPLERS.get("random")(data.train, cfg.seed)
-    d = METHODS.get("dm")(cfg, data.train, make_accelerator(), sampler)
+    sampler = load_impl(SAMPLERS.get("random").impl)(data.train, cfg.seed)
+    d = load_impl(METHODS.get("dm").impl)(cfg, data.train, make_accelerator(), sampler)
     if per_class:
         d.loss = d.loss_per_class  # the official per-class forward structure
     d.real_chunk = chunk
