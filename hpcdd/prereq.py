@@ -91,9 +91,11 @@ def build(ref: PrereqRef, exec_cfg: ExecConfig, *, accelerator: Any = None,
             return out
         check_free(out, pid, kind=PREREQ_KIND)
         write_identity(out, pid, ref.config, PREREQ_KIND, prereq=ref.kind)
-        if accelerator is None:
+        if accelerator is None:  # a job of its own (not inside a run that set the process up)
             from hpcdd.runtime.accel import make_accelerator
+            from hpcdd.runtime.process import setup_process
 
+            setup_process(exec_cfg.threads)
             accelerator = make_accelerator(exec_cfg.deterministic)
         t0 = time.perf_counter()
         log(out, f"building {ref.kind} {pid}")

@@ -34,7 +34,7 @@ from hpcdd.io import (
 from hpcdd.nets import build as build_net
 from hpcdd.runtime.accel import make_accelerator, peak_memory_mb
 from hpcdd.runtime.loop import run_steps
-from hpcdd.runtime.malloc import tune_malloc
+from hpcdd.runtime.process import setup_process
 from hpcdd.runtime.provenance import provenance
 from hpcdd.seeding import generator
 from hpcdd.sources import Source, load_source
@@ -117,10 +117,7 @@ def evaluate_run(run_dir: str | Path, ev: EvalConfig = EvalConfig(), exec_cfg: E
 
 def _setup(cfg: RunConfig, evals: Sequence[EvalConfig], exec_cfg: ExecConfig, t_start: float) -> _Context:
     check_names(cfg, evals)
-    tune_malloc()
-    threads = exec_cfg.threads or _slurm_cpus()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    setup_process(exec_cfg.threads)
     accelerator = make_accelerator(exec_cfg.deterministic)
     prov = provenance(accelerator.device)  # the code that runs: taken now, not at the end
     data = load_dataset(cfg.dataset, root=exec_cfg.data_root, download=exec_cfg.download, im_size=cfg.im_size)
@@ -138,15 +135,6 @@ def _setup(cfg: RunConfig, evals: Sequence[EvalConfig], exec_cfg: ExecConfig, t_
         params = from_dict(sampler.params, cfg.sampler_params, where=f"sampler {cfg.sampler}")
         sampler.check(params, method.per_class(cfg, info.num_classes), smallest)
     return _Context(accelerator, data, prov, exec_cfg, t_start)
-
-
-def _slurm_cpus() -> int | None:
-    """``SLURM_CPUS_PER_TASK`` under sbatch/srun, so a plain ``hpcdd run`` uses its allocation."""
-    try:
-        value = int(os.environ.get("SLURM_CPUS_PER_TASK", ""))
-    except ValueError:
-        return None
-    return value if value > 0 else None
 
 
 def slurm_ids() -> dict[str, str]:

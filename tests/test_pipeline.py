@@ -83,6 +83,23 @@ def test_prerequisite_resumes_from_its_checkpoint(tmp_path, plugins):
     assert torch.equal(a, b)
 
 
+def test_a_prerequisite_job_uses_the_exec_thread_count(tmp_path, plugins, monkeypatch):
+    """A prerequisite task is a process of its own: it sets torch's threads as a run does (an
+    unset count oversubscribes the cores shared by parallel tasks)."""
+    from hpcdd import prereq
+
+    run, _ = cfgs(method="twostage")
+    [ref] = prerequisites(resolve(run))
+    before = torch.get_num_threads()
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+    prereq.build(ref, exe(artefact_root=str(tmp_path), threads=before + 1))
+    assert seen == [before + 1]
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", str(before + 2))
+    prereq.build(ref, exe(artefact_root=str(tmp_path / "slurm")))
+    assert seen == [before + 1, before + 2]
+
+
 GRID = {"name": "twostage", "base": {**TINY, "method": "twostage"}, "grid": {"ipc": [1, 2]}, "seeds": 2,
         "exec": {"progress": False, "checkpoint_every": 1}, "slurm": {"array_parallelism": 2}}
 
