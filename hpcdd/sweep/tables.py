@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-import tabulate as _tabulate
 from tabulate import tabulate
 
 from hpcdd.sweep.grid import Sweep, SweepCell, point_values
@@ -27,53 +26,7 @@ def _strip_stamp(line: str) -> str:
 
 
 def _table(rows: list[list[Any]], headers: list[str]) -> str:
-    """``tabulate(rows, headers, tablefmt="simple", disable_numparse=True, missingval="null")``.
-
-    Plain tables (printable text, ints, floats, bools and None in rows of the headers' length)
-    are laid out here, as tabulate lays them out under these options: every column left-aligned,
-    at least two wider than its header, cells stripped, ``str(value)``, None as ``null``, columns
-    joined by two spaces, lines right-stripped. Anything else goes to tabulate: this is only
-    tabulate's per-cell type inference skipped for a 10,000-row status table.
-    """
-    text = _plain_table(rows, headers)
-    if text is not None:
-        return text
     return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True, missingval="null")
-
-
-_PLAIN = frozenset({int, float, bool})
-
-
-def _plain_table(rows: list[list[Any]], headers: list[str]) -> str | None:
-    """The table of :func:`_table`, or ``None`` where tabulate could lay it out otherwise
-    (control or wide characters, line breaks, ANSI codes, other types, ragged rows)."""
-    ascii_only = _tabulate.wcwidth is not None and _tabulate.WIDE_CHARS_MODE  # widths by wcwidth
-    n = len(headers)
-    if not rows or not all(type(h) is str and h.isprintable() and (h.isascii() or not ascii_only)
-                           for h in headers):
-        return None
-    cols: list[list[str]] = [[] for _ in range(n)]
-    for row in rows:
-        if type(row) is not list or len(row) != n:
-            return None
-        for col, value in zip(cols, row):
-            kind = type(value)
-            if kind is str:
-                if not value.isprintable() or (ascii_only and not value.isascii()):
-                    return None
-                col.append(value.strip())
-            elif value is None:
-                col.append("null")
-            elif kind in _PLAIN:
-                col.append(f"{value}")
-            else:
-                return None
-    widths = [max(len(h) + _tabulate.MIN_PADDING, max(map(len, col))) for h, col in zip(headers, cols)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
-             "  ".join("-" * w for w in widths).rstrip()]
-    padded = [[text.ljust(w) for text in col] for col, w in zip(cols, widths)]
-    lines += ["  ".join(cells).rstrip() for cells in zip(*padded)]
-    return "\n".join(lines)
 
 
 def _axes_cells(sweep: Sweep, cell: SweepCell) -> list[Any]:
