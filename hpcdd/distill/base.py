@@ -61,4 +61,25 @@ class Distiller(ABC):
         return ImageSource(self.synthetic())
 
 
-__all__ = ["Distiller", "SyntheticSet"]
+class ImageDistiller(Distiller):
+    """A method that optimises a fixed image set ``self.images`` (labels ``self.labels``) with
+    ``self.optimizer``: its checkpoint state and its synthetic set are those two tensors' and the
+    optimizer's."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    optimizer: torch.optim.Optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"images": self.images.detach().cpu().clone(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.images.copy_(state["images"].to(self.device))
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def synthetic(self, ipc: int | None = None) -> SyntheticSet:
+        return SyntheticSet(self.images.detach().cpu().clone(), self.labels.clone())
+
+
+__all__ = ["Distiller", "ImageDistiller", "SyntheticSet"]

@@ -36,14 +36,14 @@ The net is fresh every iteration, so the images and the image optimizer are the 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hpcdd.augment import DSA
-from hpcdd.distill.base import Distiller, SyntheticSet
+from hpcdd.distill.base import ImageDistiller
 from hpcdd.distill.common import autocast, class_labels, initial_images
 from hpcdd.seeding import fresh_net, generator
 from hpcdd.specs.dc import loops
@@ -96,7 +96,7 @@ def batchnorms(net: nn.Module) -> list[nn.Module]:
     return [m for m in net.modules() if "BatchNorm" in m._get_name()]
 
 
-class DC(Distiller):
+class DC(ImageDistiller):
     """Declared in :mod:`hpcdd.specs.dc` as ``dc`` (dsa off) and ``dsa`` (dsa on)."""
 
     def __init__(self, cfg, data, accelerator, sampler, artefacts=None) -> None:
@@ -248,18 +248,6 @@ class DC(Distiller):
                 opt.step()
                 total += loss.detach() * len(idx)
         return float(total.item()) / n
-
-    # -- state ----------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {"images": self.images.detach().cpu().clone(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        with torch.no_grad():
-            self.images.copy_(state["images"].to(self.device))
-        self.optimizer.load_state_dict(state["optimizer"])
-
-    def synthetic(self, ipc: int | None = None) -> SyntheticSet:
-        return SyntheticSet(self.images.detach().cpu().clone(), self.labels.clone())
 
 
 __all__ = ["DC", "match_loss", "batchnorms", "REAL_CHUNK", "BN_SIZE_PC"]

@@ -17,12 +17,11 @@ Faithful to the official code (defaults: 20000 iterations, image SGD lr 1.0 mome
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 
 from hpcdd.augment import DSA
-from hpcdd.distill.base import Distiller, SyntheticSet
+from hpcdd.distill.base import ImageDistiller
 from hpcdd.distill.common import class_labels, embed_nograd, has_batchnorm, initial_images
 from hpcdd.seeding import fresh_net, generator
 
@@ -30,7 +29,7 @@ REAL_CHUNK = 128
 """Images per no-grad forward chunk of the real batch (see bench/bench_dm.py)."""
 
 
-class DM(Distiller):
+class DM(ImageDistiller):
     """Declared in :mod:`hpcdd.specs.dm` (parameters: ``DMParams``)."""
 
     def __init__(self, cfg, data, accelerator, sampler, artefacts=None) -> None:
@@ -91,18 +90,6 @@ class DM(Distiller):
             mean_real = embed_nograd(net, r, len(r), self.cfg.precision).mean(0)
             loss = loss + ((mean_real - net.embed(s).mean(0)) ** 2).sum()
         return loss
-
-    # -- state ----------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {"images": self.images.detach().cpu().clone(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        with torch.no_grad():
-            self.images.copy_(state["images"].to(self.device))
-        self.optimizer.load_state_dict(state["optimizer"])
-
-    def synthetic(self, ipc: int | None = None) -> SyntheticSet:
-        return SyntheticSet(self.images.detach().cpu().clone(), self.labels.clone())
 
 
 __all__ = ["DM"]
