@@ -1,9 +1,12 @@
-"""Collect finished runs into one tidy table: one row per run, one column per field.
+"""Collect finished evaluations into one tidy table: one row per (run, evaluation), one column
+per field.
 
-A run dir (named by its 12-hex run id) holds ``config.yaml``, ``checkpoint/``, ``synset.pt``,
-``metrics.jsonl``, ``result.json`` and, written last, a ``done`` marker. Only dirs holding both
-``result.json`` and ``done`` become rows; a dir with ``config.yaml`` or ``result.json`` but no
-``done`` counts as *incomplete*. Nothing here ever writes into a run dir.
+A run dir (named by its 12-hex run id, marked by ``run.json``; layout in :mod:`hpcdd.rundir`)
+holds its distillation's files and one ``eval/<eval_id>/`` dir per evaluation, each with its own
+``result.json`` and, written last, ``done``. Only evaluation dirs holding both become rows; one
+with a ``config.yaml`` or ``result.json`` but no ``done`` counts as *incomplete*. (A dir of the
+old flat layout, ``result.json`` and ``done`` at its top, is read as one row.) Nothing here ever
+writes into a run dir.
 
 ``result.json`` is one flat JSON object. Its ``acc_std`` / ``acc_std__<arch>`` are the std over
 the ``eval_n`` fresh evaluation models of that one run (ddof=0); the tables in
@@ -281,7 +284,7 @@ def _dedupe(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tupl
 
 
 def aggregate(dirs: Iterable[str | os.PathLike[str]]) -> tuple[pd.DataFrame, AggregateReport]:
-    """One row per finished run found below ``dirs``, plus a report of what was left out.
+    """One row per finished (run, evaluation) found below ``dirs``, plus a report of what was left out.
 
     Raises :class:`ConfigError` if a dir does not exist or no finished run is found.
     """

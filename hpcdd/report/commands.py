@@ -205,10 +205,10 @@ def register(subparsers: Any) -> None:
     """Add ``aggregate``, ``table`` and ``plot`` to the ``hpcdd`` argparse subparsers."""
     p = subparsers.add_parser(
         "aggregate",
-        help="collect finished runs into one tidy CSV (one row per run)",
+        help="collect finished runs into one tidy CSV (one row per run and evaluation)",
         description=(
             "Search RUNS_DIRs recursively for finished runs (result.json + done marker) and "
-            "write one CSV row per run with every config field as a column (lists joined with "
+            "write one CSV row per (run, evaluation) with every config field as a column (lists joined with "
             "'+'). Read-only. Unreadable result files are listed on stderr and skipped; runs "
             "without a done marker are counted as incomplete and left out."
         ),

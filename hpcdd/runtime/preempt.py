@@ -24,11 +24,11 @@ EXIT_INTERRUPTED = 3
 class Interrupted(Exception):
     """Raised at a safe point after ``should_stop()`` asked for it. ``it`` is the number of
     completed distillation iterations saved in the checkpoint (``None``: during evaluation,
-    which restarts from ``synset.pt``)."""
+    which resumes at its next unfinished model)."""
 
     def __init__(self, it: int | None) -> None:
         where = f"after iteration {it}; checkpoint written" if it is not None else \
-            "during evaluation; synset.pt kept, evaluation restarts"
+            "during evaluation; its finished models are kept"
         super().__init__(f"stopped {where}")
         self.it = it
 

@@ -234,7 +234,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "(done / running / pending / failed / blocked / not launched), its job id, the "
                             "progress of running ones (iteration i/N, eval model j/n), the last line of its "
                             "log.txt and the error of failed ones. Reads the run dirs first and the "
-                            "scheduler second (one squeue call).")
+                            "scheduler second (one squeue and one sacct call).")
     _common(status)
     status.set_defaults(func=cmd_status)
     retry = sub.add_parser("retry", help="resubmit failed, blocked or incomplete tasks (= launch --retry)",
