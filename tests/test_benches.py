@@ -41,3 +41,26 @@ def test_dream_curve_summarises_random_vs_dream(tmp_path):
     table = pd.read_csv(f"{stem}.csv")
     assert set(table["sampler"]) == {"random", "dream"} and sorted(set(table["it"])) == [0, 2, 4]
     assert (table["wall_ratio"] > 0).all() and Path(f"{stem}.png").stat().st_size > 0
+
+
+def test_migrate_results_gives_todays_ids(tmp_path):
+    """An old-layout row (no eval_id, the old run id) gets the ids today's CLI gives the same config."""
+    from hpcdd.catalog import resolve_point
+
+    old = tmp_path / "old.csv"
+    old.write_text("run_id,protocol,method,dataset,ipc,seed,iterations,lr_img,momentum_img,init,eval_models,"
+                   "eval_epochs,eval_n,acc_mean\n"
+                   "29e7447386e7,dc300,random,fashionmnist,10,0,0,,0.5,real,convnet3,300,3,0.75\n"
+                   "4b59bfa40675,dc300,dm,fashionmnist,10,0,200,1.0,0.5,real,convnet3,300,3,0.80\n")
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "migrate_results.py"), str(old)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = pd.read_csv(old, dtype={"run_id": str, "eval_id": str, "run_id_v1": str})
+    for row, method, iterations in zip(rows.itertuples(), ("random", "dm"), (0, 200)):
+        flat = {"method": method, "dataset": "fashionmnist", "ipc": 10, "eval_epochs": 300, "eval_n": 3}
+        if iterations:
+            flat["iterations"] = iterations
+        _, _, rid, eid = resolve_point(flat)
+        assert (row.run_id, row.eval_id) == (rid, eid)
+    assert list(rows["run_id_v1"]) == ["29e7447386e7", "4b59bfa40675"] and list(rows["acc_mean"]) == [0.75, 0.80]
+    assert "momentum_img" not in rows.columns or rows["momentum_img"].isna().iloc[0]  # a coreset has none
