@@ -30,8 +30,8 @@ from hpcdd.runtime.provenance import git_commit
 from hpcdd.specs import METHODS, SAMPLERS, load_impl
 
 
-def time_variant(data, precision: str, per_class: bool, chunk: int, iters: int, warmup: int) -> float:
-    cfg = resolve(RunConfig(dataset="fashionmnist", ipc=10, batch_real=256, precision=precision))
+def time_variant(data, dataset: str, precision: str, per_class: bool, chunk: int, iters: int, warmup: int) -> float:
+    cfg = resolve(RunConfig(dataset=dataset, ipc=10, batch_real=256, precision=precision))
     sampler = load_impl(SAMPLERS.get("random").impl)(data.train, cfg.seed)
     d = load_impl(METHODS.get("dm").impl)(cfg, data.train, make_accelerator(), sampler)
     if per_class:
@@ -53,9 +53,11 @@ def main() -> None:
     ap.add_argument("--out", default="results/bench_dm.csv")
     ap.add_argument("--plain-malloc", action="store_true", help="do not tune glibc malloc")
     ap.add_argument("--variants", default="all", help="'all' or 'per-class' (the official structure only)")
+    ap.add_argument("--dataset", default="fashionmnist", help="the committed rows: fashionmnist")
+    ap.add_argument("--data-root", default=None, help="dataset directory (default: its standard location)")
     args = ap.parse_args()
     malloc = "plain" if args.plain_malloc else ("tuned" if tune_malloc() else "plain")
-    data = load_dataset("fashionmnist")
+    data = load_dataset(args.dataset, root=args.data_root)
     variants = [("per-class", "fp32", True, 256)]
     if args.variants == "all":
         for chunk in map(int, args.chunks.split(",")):
@@ -67,7 +69,7 @@ def main() -> None:
     }
     rows = []
     for name, precision, per_class, chunk in variants:
-        sec = time_variant(data, precision, per_class, chunk, args.iters, args.warmup)
+        sec = time_variant(data, args.dataset, precision, per_class, chunk, args.iters, args.warmup)
         rows.append({"variant": name, "malloc": malloc, "sec_per_iter": round(sec, 3), "iters": args.iters, **meta})
         print(f"{name:28s} malloc={malloc:5s} {sec:.3f} s/iter", flush=True)
     out = Path(args.out)

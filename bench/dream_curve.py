@@ -20,7 +20,6 @@ method) and ``results/dream_curve.png``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import subprocess
 import sys
@@ -30,11 +29,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from hpcdd.io import atomic_write_text, read_jsonl  # noqa: E402
 from hpcdd.report.aggregate import aggregate, to_csv_text  # noqa: E402
 from hpcdd.report.plots import save_figure  # noqa: E402
+from hpcdd.rundir import METRICS  # noqa: E402
 
 
 def curves(runs_dir: Path) -> pd.DataFrame:
@@ -44,14 +45,13 @@ def curves(runs_dir: Path) -> pd.DataFrame:
     for _, r in df.iterrows():
         if r["method"] == "random":
             continue
-        run_dir = Path(r["run_dir"]).parent.parent  # eval/<id>/ -> the run dir
-        done = json.loads((run_dir / "done").read_text())
-        for m in read_jsonl(run_dir / "metrics.jsonl"):
+        run_dir = Path(r["run_dir"]).parent.parent  # RUN/eval/<eval_id>/ -> RUN
+        for m in read_jsonl(run_dir / METRICS):
             if "eval_acc" in m:
                 rows.append({"method": r["method"], "sampler": r["sampler"], "seed": r["seed"], "it": int(m["it"]),
                              "quick_acc": float(m["eval_acc"]), "iterations": int(r["iterations"]),
                              "final_acc_mean": r["acc_mean"], "final_acc_std": r["acc_std"],
-                             "protocol": r["protocol"], "distill_seconds": float(done["distill_seconds"]),
+                             "protocol": r["protocol"], "distill_seconds": float(r["distill_seconds"]),
                              "run_id": r["run_id"]})
     if not rows:
         raise SystemExit(f"no quick evaluations under {runs_dir}: run the grid with exec.eval_points")
@@ -62,25 +62,28 @@ def curves(runs_dir: Path) -> pd.DataFrame:
 def summarise(c: pd.DataFrame) -> pd.DataFrame:
     """Per method: how soon DREAM reaches random's final quick-eval accuracy, and at what cost."""
     rows = []
+    if c["seed"].nunique() > 1:
+        raise SystemExit(f"runs of several seeds ({sorted(c['seed'].unique())}): summarise one seed at a time")
     for method, g in c.groupby("method"):
         rnd, drm = g[g["sampler"] == "random"], g[g["sampler"] == "dream"]
         if rnd.empty or drm.empty:
             continue
         target = rnd.loc[rnd["it"].idxmax(), "quick_acc"]
         budget = int(rnd["iterations"].iloc[0])
-        reached = drm[drm["quick_acc"] >= target]
+        # iteration 0 is the shared initialisation (both samplers start from the same images)
+        reached = drm[(drm["it"] > 0) & (drm["quick_acc"] >= target)]
         first = int(reached["it"].min()) if not reached.empty else None
         sec_r, sec_d = rnd["distill_seconds"].iloc[0], drm["distill_seconds"].iloc[0]
         rows.append({"method": method, "random_final_quick_acc": target,
                      "dream_final_quick_acc": drm.loc[drm["it"].idxmax(), "quick_acc"],
                      "iters_to_random_final": first,
-                     "speedup_iters": (budget / first) if first else None,
+                     "speedup_iters": (budget / first) if first is not None else None,
                      "wall_ratio": sec_d / sec_r,
-                     "wall_ratio_to_reach": (sec_d * first / budget) / sec_r if first else None})
+                     "wall_ratio_to_reach": (sec_d * first / budget) / sec_r if first is not None else None})
     return pd.DataFrame(rows)
 
 
-def plot(c: pd.DataFrame):
+def plot(c: pd.DataFrame) -> Figure:
     methods = sorted(c["method"].unique())
     fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.4), squeeze=False)
     for ax, method in zip(axes[0], methods):

@@ -18,10 +18,14 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from hpcdd.catalog import flat_run, resolve_point
+from hpcdd.config import eval_flat
+from hpcdd.io import atomic_write_text
+from hpcdd.report.aggregate import to_csv_text
 
 KEYS = ("method", "dataset", "ipc", "seed", "iterations", "im_size", "net", "sampler", "init", "batch_real",
         "lr_img", "momentum_img", "dsa", "dsa_strategy", "precision", "eval_models", "eval_epochs", "eval_n",
@@ -29,8 +33,8 @@ KEYS = ("method", "dataset", "ipc", "seed", "iterations", "im_size", "net", "sam
 LISTS = ("eval_models",)
 
 
-def flat_config(row: pd.Series) -> dict:
-    out = {}
+def flat_config(row: pd.Series) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for key in KEYS:
         if key not in row.index:
             continue
@@ -53,7 +57,7 @@ def migrate(df: pd.DataFrame) -> pd.DataFrame:
     for _, row in df.iterrows():
         run, ev, rid, eid = resolve_point(flat_config(row), where=f"row {row['run_id']}")
         new = {"run_id": rid, "eval_id": eid, "protocol": row["protocol"], **flat_run(run),
-               "eval_kind": ev.kind, "eval_ipc": ev.ipc}
+               **{k: "+".join(v) if isinstance(v, (list, tuple)) else v for k, v in eval_flat(ev).items()}}
         new.update({k: v for k, v in row.items() if k not in new and k != "run_id" and k not in KEYS})
         new["run_id_v1"] = row["run_id"]
         rows.append(new)
@@ -70,9 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.csv}: already has eval_id; nothing to do", file=sys.stderr)
         return 0
     out = migrate(df)
-    target = Path(args.output or args.csv)
-    out.to_csv(target.with_suffix(".tmp"), index=False)
-    target.with_suffix(".tmp").replace(target)
+    atomic_write_text(Path(args.output or args.csv), to_csv_text(out))
     print(out[["run_id_v1", "run_id", "eval_id", "method", "protocol", "acc_mean"]].to_string(index=False))
     return 0
 

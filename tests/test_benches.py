@@ -18,9 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_bench_dm_runs(tmp_path):
+    """On sklearn's digits (always present; the committed rows are Fashion-MNIST's)."""
     out = tmp_path / "dm.csv"
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_dm.py"), "--iters", "1", "--warmup", "0",
-                           "--variants", "per-class", "--out", str(out)], capture_output=True, text=True, timeout=900)
+                           "--variants", "per-class", "--dataset", "digits", "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     rows = pd.read_csv(out)
     assert len(rows) >= 1 and (rows["sec_per_iter"] > 0).all()
@@ -64,3 +65,4 @@ def test_migrate_results_gives_todays_ids(tmp_path):
         assert (row.run_id, row.eval_id) == (rid, eid)
     assert list(rows["run_id_v1"]) == ["29e7447386e7", "4b59bfa40675"] and list(rows["acc_mean"]) == [0.75, 0.80]
     assert "momentum_img" not in rows.columns or rows["momentum_img"].isna().iloc[0]  # a coreset has none
+    assert list(rows["eval_models"]) == ["convnet3"] * 2 and list(rows["eval_n"]) == [3, 3]

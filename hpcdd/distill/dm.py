@@ -17,7 +17,6 @@ Faithful to the official code (defaults: 20000 iterations, image SGD lr 1.0 mome
 
 from __future__ import annotations
 
-
 import torch
 
 from hpcdd.augment import DSA

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hpcdd.config import RunConfig, check_config
+from hpcdd.config import RunConfig
 from hpcdd.errors import ConfigError
 from hpcdd.specs.base import MethodSpec, register_method
 from hpcdd.specs.images import ImageParams
