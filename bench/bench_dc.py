@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
 import os
 import platform
@@ -53,6 +52,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from csvrows import append_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 IPC, BATCH_REAL, NET, DATASET = 10, 256, "convnet3", "fashionmnist"
@@ -311,15 +312,7 @@ def main() -> None:
         for row in rows:
             if row["dsa"] == dsa and ref is not None:
                 row["loss_rel_diff"] = f"{abs(row['loss_first'] - ref) / abs(ref):.2e}"
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    new = not out.exists()
-    with open(out, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {out}")
+    append_rows(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,13 @@ Usage: python bench/bench_dm.py [--iters 10] [--warmup 2] [--chunks 64,128,256]
 from __future__ import annotations
 
 import argparse
-import csv
 import platform
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 
+from csvrows import append_rows
 from hpcdd.catalog import resolve
 from hpcdd.config import RunConfig
 from hpcdd.data import load_dataset
@@ -72,15 +71,7 @@ def main() -> None:
         sec = time_variant(data, args.dataset, precision, per_class, chunk, args.iters, args.warmup)
         rows.append({"variant": name, "malloc": malloc, "sec_per_iter": round(sec, 3), "iters": args.iters, **meta})
         print(f"{name:28s} malloc={malloc:5s} {sec:.3f} s/iter", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    new = not out.exists()
-    with open(out, "a", newline="") as f:  # appends, so plain and tuned runs share one CSV
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {out}")
+    append_rows(args.out, rows)
 
 
 if __name__ == "__main__":
