@@ -134,6 +134,8 @@ def _setup(cfg: RunConfig, evals: Sequence[EvalConfig], exec_cfg: ExecConfig, t_
     if sampler.check is not None and method.samplers:
         params = from_dict(sampler.params, cfg.sampler_params, where=f"sampler {cfg.sampler}")
         sampler.check(params, method.per_class(cfg, info.num_classes), smallest)
+    if method.preflight is not None:  # the method's own checks that need torch or the data
+        load_impl(method.preflight)(cfg, data, exec_cfg)
     return _Context(accelerator, data, prov, exec_cfg, t_start)
 
 
