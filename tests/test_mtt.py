@@ -285,3 +285,32 @@ def test_a_run_reads_an_existing_buffer_dir_without_building(tmp_path, buffer_ro
     run_one(run, tmp_path / "run", exe(tmp_path / "empty"), evaluate=False)
     assert not (tmp_path / "empty").exists() and (tmp_path / "run" / "synset.pt").exists()
     assert run_id(resolve(run)) != run_id(cfg_of()[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# sweeps: one task per expert, launched first, shared by every run of the buffer
+
+
+def test_a_sweep_builds_each_expert_once_as_its_own_task_then_the_runs(tmp_path):
+    from hpcdd.sweep.grid import expand_grid
+    from hpcdd.sweep.launch import execute, plan_launch
+    from hpcdd.sweep.state import build_tasks, collect_states
+
+    base = {k: v for k, v in BASE.items() if k != "ipc"}
+    data = {"name": "mtt", "base": {**base, "iterations": 2, "eval_epochs": 1, "eval_n": 1},
+            "grid": {"ipc": [1, 2]}, "seeds": 2, "eval_models": ["mlp"],
+            "exec": {"progress": False, "artefact_root": str(tmp_path / "art"), "threads": 1}}
+    sweep = expand_grid(data, source="g")
+    assert len(sweep.runs) == 4 and [p.ref.config.index for p in sweep.prereqs] == [0, 1]
+    assert all(len(r.prereqs) == 2 for r in sweep.runs)  # every run waits for both experts
+    runs = tmp_path / "runs"
+    plan = plan_launch(sweep, runs, "debug")
+    assert [t.stage for t in plan.to_submit()] == ["prereq"] * 2 + ["run"] * 4
+    report = execute(plan, echo=lambda m: None)
+    assert not report.failed and not report.skipped
+    states = collect_states(runs, build_tasks(sweep, runs))
+    assert {s.state for s in states.values()} == {"done"}
+    for p in sweep.prereqs:
+        d = tmp_path / "art" / p.key
+        assert epoch_files(d) == [0, 1, 2, 3, 4] and (d / "log.txt").read_text().count("building mtt_expert") == 1
+    assert plan_launch(sweep, runs, "debug").to_submit() == []  # a relaunch submits nothing
