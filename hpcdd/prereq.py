@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 from hpcdd.catalog import prereq_id
 from hpcdd.config import ExecConfig
-from hpcdd.io import atomic_write_json, now_utc
+from hpcdd.io import atomic_write_json, clean_stale_tmp, now_utc
 from hpcdd.rundir import (
     LOCK, PREREQ_KIND, artefact_root, check_free, ensure_writable, is_done, log, mark_done,
     prereq_dir, write_identity,
@@ -104,6 +104,7 @@ def build(ref: PrereqRef, exec_cfg: ExecConfig, *, accelerator: Any = None,
         if is_done(out):  # built by the process we waited for
             return out
         check_free(out, pid, kind=PREREQ_KIND)
+        clean_stale_tmp(out, recursive=True)  # temp files of writes a kill interrupted
         write_identity(out, pid, ref.config, PREREQ_KIND, prereq=ref.kind)
         if accelerator is None:  # a job of its own (not inside a run that set the process up)
             from hpcdd.runtime.accel import make_accelerator

@@ -150,6 +150,8 @@ def test_experts_with_the_dream_sampler_train_on_class_balanced_representative_b
     d = prereq.build(ref, exe(tmp_path), report=lambda m: None)
     assert epoch_files(d) == [0, 1, 2, 3]
     assert asked and all(a == (list(range(10)), 12, True) for a in asked)  # 128 // 10 per class
+    meta = json.loads((d / "expert.json").read_text())
+    assert meta["sampler"]["name"] == "dream" and meta["sampler"]["reclusterings"] == 10 * 9  # every 4th of 36 calls
     assert len(asked) == 3 * 12  # as many steps as a shuffled epoch of 1437 images in batches of 128
 
 

@@ -17,7 +17,7 @@ With a sampler other than ``random`` (``sampler: dream``), each of an epoch's st
 class-balanced batch from the sampler instead (``batch // classes`` per class, asked with the
 expert's current net), as many steps as a shuffled epoch has; the sampler's state is checkpointed
 with the expert. ``expert.json`` (written last, before ``done``) records the dataset, net, epochs,
-parameter count and the final test accuracy.
+parameter count, the final test accuracy and the sampler's statistics (DREAM: re-clusterings).
 """
 
 from __future__ import annotations
@@ -157,7 +157,8 @@ class MttExpert(PrereqJob):
         atomic_write_json(Path(out_dir) / META, {
             "dataset": self.config.dataset, "net": self.config.net, "epochs": self.config.epochs,
             "index": self.config.index, "info": dataclasses.asdict(self.info),
-            "parameters": sum(p.numel() for p in self.net.parameters()), "test_acc": self._test_accuracy()})
+            "parameters": sum(p.numel() for p in self.net.parameters()), "test_acc": self._test_accuracy(),
+            "sampler": {"name": self.config.sampler, **(self.sampler.info() if self.sampler is not None else {})}})
 
 
 # ----------------------------------------------------------------------------------------------
