@@ -44,7 +44,7 @@ EXPERT_CONFIG = "config.yaml"
 
 @dataclass(frozen=True)
 class Published:
-    """One row of the paper's hyper-parameter table."""
+    """One row of the paper's hyper-parameter table (``batch_syn`` None: the whole set)."""
 
     syn_steps: int
     expert_epochs: int
@@ -184,18 +184,11 @@ class MttParams:
 
 
 @dataclass(frozen=True)
-class MttSettings:
-    """The settings a run uses: its parameters with the nulls filled from the paper."""
+class MttSettings(Published):
+    """The settings a run uses: its parameters with the nulls filled from the paper's row
+    (``batch_syn`` None: the whole synthetic set)."""
 
-    syn_steps: int
-    expert_epochs: int
-    max_start_epoch: int
-    batch_syn: int | None
-    """None: the whole synthetic set."""
-    lr_img: float
-    lr_lr: float
-    lr_teacher: float
-    source: str
+    source: str = ""
     """Which paper row filled the nulls, e.g. 'cifar10 ipc 10'."""
 
     @property
