@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -226,6 +227,11 @@ def _prerequisites(cfg: RunConfig, run_dir: Path, ctx: _Context, should_stop: Sh
     refs = prerequisites(cfg)
     if not refs:
         return {}
+    missing = [r for r in refs if not rundir.is_done(prereq.ref_dir(r, ctx.exec_cfg))]
+    if missing:  # each then prints its own steps and a time estimate (prereq.CostReport)
+        kinds = sorted({r.kind for r in missing})
+        print(f"hpcdd: {cfg.method} needs {len(refs)} prerequisite(s) ({', '.join(kinds)}); "
+              f"{len(missing)} to build first", file=sys.stderr, flush=True)
     dirs: dict[str, Path] = {}
     for ref in refs:
         dirs[ref.role or ref.kind] = prereq.build(ref, ctx.exec_cfg, accelerator=ctx.accelerator,

@@ -60,5 +60,6 @@ def test_distill_prints_the_prerequisite_cost_on_stderr(tmp_path, capsys):
                                 "prereq_steps": 2}, where="test")
     run_one(run, tmp_path / "run", ExecConfig(progress=False), evaluate=False)
     err = capsys.readouterr().err
+    assert "twostage needs 1 prerequisite(s) (toy_prereq); 1 to build first" in err, err
     assert re.search(r"toy_prereq \w+: 2 steps to build", err), err
     assert "for the remaining 0 steps" not in err  # nothing left to estimate: no estimate line
