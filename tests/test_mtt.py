@@ -299,8 +299,8 @@ def test_a_sweep_builds_each_expert_once_as_its_own_task_then_the_runs(tmp_path)
     from hpcdd.sweep.state import build_tasks, collect_states
 
     base = {k: v for k, v in BASE.items() if k != "ipc"}
-    data = {"name": "mtt", "base": {**base, "iterations": 2, "eval_epochs": 1, "eval_n": 1},
-            "grid": {"ipc": [1, 2]}, "seeds": 2, "eval_models": ["mlp"],
+    data = {"name": "mtt", "base": {**base, "iterations": 2, "eval_epochs": 1, "eval_n": 1, "eval_models": ["mlp"]},
+            "grid": {"ipc": [1, 2]}, "seeds": 2,
             "exec": {"progress": False, "artefact_root": str(tmp_path / "art"), "threads": 1}}
     sweep = expand_grid(data, source="g")
     assert len(sweep.runs) == 4 and [p.ref.config.index for p in sweep.prereqs] == [0, 1]
