@@ -121,12 +121,14 @@ class MTT(ImageDistiller):
         return num / den
 
     def unroll(self, params: list[torch.Tensor], gen: torch.Generator) -> list[torch.Tensor]:
-        """``syn_steps`` SGD steps of the student from ``params``, graph kept."""
+        """``syn_steps`` SGD steps of the student from ``params``, graph kept. Buffers (BatchNorm
+        statistics) start fresh every iteration, as the official fresh student net's."""
+        buffers = {k: v.clone() for k, v in self.net_buffers.items()}
         for idx in self._minibatches(gen):
             x = self.images[idx]
             if self.dsa is not None:
                 x = self.dsa(x, gen, batchmode=False)
-            grads = self.student_grads(params, x, self._labels_dev[idx])
+            grads = self.student_grads(params, buffers, x, self._labels_dev[idx])
             params = [p - self.syn_lr * g for p, g in zip(params, grads)]
         return params
 
@@ -140,9 +142,10 @@ class MTT(ImageDistiller):
             out.append(chunks.pop().to(self.device))
         return out
 
-    def student_grads(self, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def student_grads(self, params: list[torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor,
+                      y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Cross-entropy gradient of the student at ``params`` on one minibatch, differentiable."""
-        out = functional_call(self.net, {**dict(zip(self.names, params)), **self.net_buffers}, (x,))
+        out = functional_call(self.net, {**dict(zip(self.names, params)), **buffers}, (x,))
         return torch.autograd.grad(F.cross_entropy(out, y), params, create_graph=True)
 
     # -- state --------------------------------------------------------------------------------
