@@ -166,6 +166,9 @@ class ExecConfig:
     threads: int | None = None
     """torch CPU threads (null: torch's default). Sweeps set it from cpus_per_task, or share the
     cores between parallel local runs. Bitwise results depend on it (reduction order)."""
+    memory_limit_gb: float | None = None
+    """Refuse, before writing any file, a run whose memory estimate exceeds this many GB (methods
+    that estimate their peak memory: mtt); null: no limit."""
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -177,6 +180,8 @@ class ExecConfig:
             raise ConfigError(f"eval_every and eval_points must be >= 0, got {self.eval_every}, {self.eval_points}")
         if self.threads is not None and not 1 <= self.threads <= 4096:
             raise ConfigError(f"threads must be between 1 and 4096, got {self.threads}")
+        if self.memory_limit_gb is not None and self.memory_limit_gb <= 0:
+            raise ConfigError(f"memory_limit_gb must be > 0 or null, got {self.memory_limit_gb}")
         for name in ("data_root", "artefact_root"):
             if getattr(self, name) == "":
                 raise ConfigError(f"{name} must be a directory, got an empty string")

@@ -9,7 +9,9 @@ resumes like a run. Its implementation (``PrereqSpec.impl``) is a :class:`Prereq
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import sys
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 from hpcdd.catalog import prereq_id
 from hpcdd.config import ExecConfig
-from hpcdd.io import atomic_write_json, now_utc
+from hpcdd.io import atomic_write_json, clean_stale_tmp, now_utc
 from hpcdd.rundir import (
     LOCK, PREREQ_KIND, artefact_root, check_free, ensure_writable, is_done, log, mark_done,
     prereq_dir, write_identity,
@@ -52,6 +54,15 @@ class PrereqJob(ABC):
     def save(self, out_dir: Path) -> None:
         """Write the finished artefact file(s) into ``out_dir`` (atomically)."""
 
+    checkpoint_every: int | None = None
+    """Checkpoint every this many steps instead of ``exec_cfg.checkpoint_every`` (experts: 1, so a
+    killed expert resumes at its last finished epoch)."""
+
+    def describe(self) -> str:
+        """What one step is, for the cost line printed before the first (e.g. '1 epoch of 235
+        batches'); empty if nothing useful."""
+        return ""
+
     def after_step(self, out_dir: Path, done: int) -> None:
         """Hook after each logged step (e.g. sample grids every few epochs)."""
 
@@ -76,10 +87,13 @@ def _wait_lock(path: Path, message: Callable[[], None]) -> Iterator[None]:
 
 
 def build(ref: PrereqRef, exec_cfg: ExecConfig, *, accelerator: Any = None,
-          should_stop: Callable[[], bool] | None = None, echo: Callable[[str], None] = print) -> Path:
+          should_stop: Callable[[], bool] | None = None, echo: Callable[[str], None] = print,
+          report: Callable[[str], None] | None = None) -> Path:
     """Build the prerequisite ``ref`` unless it is done; returns its directory.
 
-    Resumes from its own checkpoints; raises ``Interrupted`` when asked to stop.
+    Resumes from its own checkpoints; raises ``Interrupted`` when asked to stop. Before its first
+    step it reports (``report``, default stderr, and its log) how many steps it takes, and after
+    the first few an estimate of the time left (:class:`CostReport`).
     """
     pid = prereq_id(ref)
     out = ref_dir(ref, exec_cfg)
@@ -90,6 +104,7 @@ def build(ref: PrereqRef, exec_cfg: ExecConfig, *, accelerator: Any = None,
         if is_done(out):  # built by the process we waited for
             return out
         check_free(out, pid, kind=PREREQ_KIND)
+        clean_stale_tmp(out, recursive=True)  # temp files of writes a kill interrupted
         write_identity(out, pid, ref.config, PREREQ_KIND, prereq=ref.kind)
         if accelerator is None:  # a job of its own (not inside a run that set the process up)
             from hpcdd.runtime.accel import make_accelerator
@@ -100,9 +115,17 @@ def build(ref: PrereqRef, exec_cfg: ExecConfig, *, accelerator: Any = None,
         t0 = time.perf_counter()
         log(out, f"building {ref.kind} {pid}")
         job = load_impl(PREREQS.get(ref.kind).impl)(ref.config, accelerator, exec_cfg)
-        seconds, _ = run_steps(job, total=job.total_steps, run_dir=out, ident=pid, exec_cfg=exec_cfg,
-                               should_stop=should_stop, desc=f"{ref.kind} {pid}",
-                               after_step=lambda done: job.after_step(out, done))
+        cost = CostReport(f"{ref.kind} {pid}", job.total_steps, lambda m: _say(out, m, report))
+        cost.start(job.describe())
+        loop_cfg = exec_cfg if job.checkpoint_every is None else dataclasses.replace(
+            exec_cfg, checkpoint_every=job.checkpoint_every)
+
+        def after_step(done: int) -> None:
+            cost.step(done)
+            job.after_step(out, done)
+
+        seconds, _ = run_steps(job, total=job.total_steps, run_dir=out, ident=pid, exec_cfg=loop_cfg,
+                               should_stop=should_stop, desc=f"{ref.kind} {pid}", after_step=after_step)
         job.save(out)
         atomic_write_json(out / "timing.json", {"seconds": round(seconds, 3),
                                                 "wall_seconds": round(time.perf_counter() - t0, 3),
@@ -112,4 +135,55 @@ def build(ref: PrereqRef, exec_cfg: ExecConfig, *, accelerator: Any = None,
     return out
 
 
-__all__ = ["PrereqJob", "build", "ref_dir"]
+class CostReport:
+    """Item 18 of issue 22: say what a prerequisite costs before it starts (its steps), then,
+    after ``FEW`` steps (or ``SOON_S`` seconds, whichever comes first), the time per step and an
+    estimate of the rest. A prerequisite can take hours (DiM's default pretraining, 100 MTT
+    experts); a user should know before waiting."""
+
+    FEW = 3
+    SOON_S = 60.0
+
+    def __init__(self, what: str, total: int, say: Callable[[str], None]) -> None:
+        self.what, self.total, self.say = what, total, say
+        self.t0 = 0.0
+        self.first: int | None = None
+        self.done = False
+
+    def start(self, unit: str = "") -> None:
+        per = f" ({unit} each)" if unit else ""
+        self.say(f"{self.what}: {self.total} steps to build{per}; a time estimate follows after the first "
+                 f"{min(self.FEW, self.total)}")
+        self.t0 = time.perf_counter()
+
+    def step(self, done: int) -> None:
+        if self.first is None:
+            self.first = done - 1  # the step it started (or resumed) at
+        n = done - self.first
+        elapsed = time.perf_counter() - self.t0
+        left = self.total - done
+        if self.done or left <= 0 or (n < self.FEW and elapsed < self.SOON_S):
+            return
+        self.done = True
+        self.say(f"{self.what}: {n} steps took {elapsed:.1f}s; about {duration(elapsed / n * left)} "
+                 f"for the remaining {left} steps")
+
+
+def duration(seconds: float) -> str:
+    """'42 s', '7.5 min', '3.2 h'."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _say(out: Path, message: str, report: Callable[[str], None] | None) -> None:
+    log(out, message)
+    if report is not None:
+        report(message)
+    else:
+        print(f"hpcdd: {message}", file=sys.stderr, flush=True)
+
+
+__all__ = ["PrereqJob", "build", "ref_dir", "CostReport", "duration"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -134,6 +135,8 @@ def _setup(cfg: RunConfig, evals: Sequence[EvalConfig], exec_cfg: ExecConfig, t_
     if sampler.check is not None and method.samplers:
         params = from_dict(sampler.params, cfg.sampler_params, where=f"sampler {cfg.sampler}")
         sampler.check(params, method.per_class(cfg, info.num_classes), smallest)
+    if method.preflight is not None:  # the method's own checks that need torch or the data
+        load_impl(method.preflight)(cfg, data, exec_cfg)
     return _Context(accelerator, data, prov, exec_cfg, t_start)
 
 
@@ -224,6 +227,11 @@ def _prerequisites(cfg: RunConfig, run_dir: Path, ctx: _Context, should_stop: Sh
     refs = prerequisites(cfg)
     if not refs:
         return {}
+    missing = [r for r in refs if not rundir.is_done(prereq.ref_dir(r, ctx.exec_cfg))]
+    if missing:  # each then prints its own steps and a time estimate (prereq.CostReport)
+        kinds = sorted({r.kind for r in missing})
+        print(f"hpcdd: {cfg.method} needs {len(refs)} prerequisite(s) ({', '.join(kinds)}); "
+              f"{len(missing)} to build first", file=sys.stderr, flush=True)
     dirs: dict[str, Path] = {}
     for ref in refs:
         dirs[ref.role or ref.kind] = prereq.build(ref, ctx.exec_cfg, accelerator=ctx.accelerator,

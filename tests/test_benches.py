@@ -66,3 +66,16 @@ def test_migrate_results_gives_todays_ids(tmp_path):
     assert list(rows["run_id_v1"]) == ["29e7447386e7", "4b59bfa40675"] and list(rows["acc_mean"]) == [0.75, 0.80]
     assert "momentum_img" not in rows.columns or rows["momentum_img"].isna().iloc[0]  # a coreset has none
     assert list(rows["eval_models"]) == ["convnet3"] * 2 and list(rows["eval_n"]) == [3, 3]
+
+
+def test_bench_mtt_memory_measures_one_iteration(tmp_path):
+    """On digits (the committed rows are Fashion-MNIST's): a row with a positive peak and an
+    estimate, and a configuration whose estimate is above the cap skipped, not run."""
+    out = tmp_path / "mem.csv"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_mtt_memory.py"), "--dataset", "digits",
+                           "--net", "mlp", "--ipcs", "1", "--syn-steps", "2,100000", "--batch-syn", "full",
+                           "--cap-gb", "50", "--fit", "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    rows = pd.read_csv(out)
+    assert list(rows["syn_steps"]) == [2] and (rows["peak_delta_mb"] > 0).all() and (rows["estimate_gb"] > 0).all()
+    assert "skip ipc 1 syn_steps 100000" in proc.stdout and "MEMORY_FIT =" in proc.stdout

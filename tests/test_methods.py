@@ -4,8 +4,9 @@ and DM's batched forward equals the official per-class loop."""
 import pytest
 import torch
 
-from hpcdd.catalog import resolve
-from hpcdd.config import from_dict
+from hpcdd import prereq
+from hpcdd.catalog import prerequisites, resolve
+from hpcdd.config import ExecConfig, from_dict
 from hpcdd.data import load_dataset
 from hpcdd.distill.coreset import herding, kcenter
 from hpcdd.runtime.accel import make_accelerator
@@ -14,24 +15,39 @@ from hpcdd.specs import METHODS, SAMPLERS, load_impl
 
 from helpers import tiny
 
-IMAGE_METHODS = [m for m in METHODS.names() if METHODS.get(m).output == "images" and not METHODS.get(m).prerequisites]
+SMOKE_PREREQS = ("mtt",)
+"""Image methods with prerequisites whose smoke run builds them (tiny, see SMOKE)."""
+IMAGE_METHODS = [m for m in METHODS.names() if METHODS.get(m).output == "images"
+                 and (not METHODS.get(m).prerequisites or m in SMOKE_PREREQS)]
 
 
-SMOKE = {"dc": dict(outer_loop=2, inner_loop=1), "dsa": dict(outer_loop=2, inner_loop=1)}
-"""Loop counts for ipc 2, which the official DC table does not cover."""
+SMOKE = {"dc": dict(outer_loop=2, inner_loop=1), "dsa": dict(outer_loop=2, inner_loop=1),
+         "mtt": dict(net="mlp", buffer_experts=2, buffer_epochs=3, max_start_epoch=2, expert_epochs=1,
+                     syn_steps=3, buffer_batch=128)}
+"""Loop counts for ipc 2, which the official DC table does not cover; a tiny expert buffer for mtt."""
 
 
-def make(method, **kw):
+def make(method, artefact_root=None, **kw):
     cfg = resolve(tiny(method=method, **{**SMOKE.get(method, {}), **kw}))
     data = load_dataset(cfg.dataset)
     spec = SAMPLERS.get(cfg.sampler)
     sampler = load_impl(spec.impl)(data.train, cfg.seed, from_dict(spec.params, cfg.sampler_params))
-    return cfg, data, load_impl(METHODS.get(cfg.method).impl)(cfg, data.train, make_accelerator(), sampler)
+    artefacts = {}
+    if prerequisites(cfg):  # built once per artefact root (the buffer of a mtt smoke run: 2 tiny experts)
+        exe = ExecConfig(progress=False, artefact_root=str(artefact_root))
+        artefacts = {r.role: prereq.build(r, exe, report=lambda m: None) for r in prerequisites(cfg)}
+    return cfg, data, load_impl(METHODS.get(cfg.method).impl)(cfg, data.train, make_accelerator(), sampler,
+                                                                  artefacts)
+
+
+@pytest.fixture(scope="module")
+def artefact_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("artefacts")
 
 
 @pytest.mark.parametrize("method", IMAGE_METHODS)
-def test_every_method_smoke(method):
-    cfg, data, d = make(method)
+def test_every_method_smoke(method, artefact_root):
+    cfg, data, d = make(method, artefact_root)
     for it in range(cfg.iterations):
         metrics = d.step(it)
         assert all(isinstance(v, float) for v in metrics.values())
@@ -41,7 +57,7 @@ def test_every_method_smoke(method):
     assert torch.equal(syn.labels.sort().values, torch.arange(data.info.num_classes).repeat_interleave(cfg.ipc))
     assert torch.isfinite(syn.images).all()
     # state round trip
-    _, _, d2 = make(method, seed=1)
+    _, _, d2 = make(method, artefact_root, seed=1)
     d2.load_state_dict(d.state_dict())
     assert torch.equal(d2.synthetic().images, syn.images)
 

@@ -6,6 +6,7 @@ and are imported only when something runs.
 
 from hpcdd.specs import coreset, dc, dm, samplers  # noqa: F401  (registration lines)
 from hpcdd.specs import generative  # noqa: F401
+from hpcdd.specs import mtt  # noqa: F401
 from hpcdd.specs.base import (
     METHODS, PREREQS, SAMPLERS, MethodSpec, NoParams, PrereqRef, PrereqSpec, SamplerSpec,
     load_impl,

@@ -75,6 +75,10 @@ class MethodSpec:
     real_per_class: Callable[[RunConfig, int], int] | None = None
     """Real images per class it asks its sampler for per step, given the number of classes
     (default: ``batch_real``)."""
+    preflight: str | None = None
+    """``module:function`` called as ``f(cfg, dataset, exec_cfg)`` in the run's process before it
+    writes any file: checks that need torch or the loaded data (e.g. a memory estimate against
+    ``exec_cfg.memory_limit_gb``); raises ``ConfigError``."""
 
     def per_class(self, cfg: RunConfig, num_classes: int) -> int:
         return self.real_per_class(cfg, num_classes) if self.real_per_class else cfg.batch_real
