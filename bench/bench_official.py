@@ -37,10 +37,12 @@ Obtaining the official code (not part of this repository; nothing of it is commi
 Cases: ``METHOD:IPC:ITERS:WARMUP:REPEATS``. A DC/DSA iteration at ipc 10 is 10 matching steps and
 9 inner phases of 50 epochs: minutes on a CPU, so its case times ONE whole outer iteration, no
 warm-up, one run per code. DC at ipc 1 is one matching step per iteration (no inner phase): it
-isolates the matching step. The default (DM ipc 10, DSA ipc 10, DC ipc 1) costs about 20 CPU-minutes
-at 1 thread; DC at ipc 10 (``--cases dc:10:1:0:1 --append``) about 14 more. DSA and DM at ipc 1 do
-not run on torch 2 with only the torch-2 patch: the official ``rand_cutout`` does
-``offset_x[:] = offset_x[0]`` in place, which torch 2 refuses on a batch of one synthetic image.
+isolates the matching step. The default (DM ipc 10, DSA ipc 10, DC ipc 1) cost 21 CPU-minutes
+at 1 thread (74 minutes of wall time at load 7-11 on the 2-core VM); DC at ipc 10
+(``--cases dc:10:1:0:1 --append``) should cost about 14 more. The official DSA at ipc 1 fails on
+torch 2 with only the torch-2 patch: its ``rand_cutout`` does ``offset_x[:] = offset_x[0]`` in
+place, which torch 2 refuses on a batch of one synthetic image (DM at ipc 1 augments its single
+synthetic image the same way), so there is no DSA/DM ipc-1 case.
 Output: one CSV row per run (per-iteration seconds in ``wall_s_each`` / ``cpu_s_each``), written
 anew atomically (``--append`` keeps the rows already there), and the ratio table of all its rows
 (``--out`` with ``.md``): per method and ipc, official / hpcdd of the median and min wall seconds
@@ -50,7 +52,7 @@ On a shared machine prefer the CPU ratio, and read the load columns.
 Usage:
   python bench/bench_official.py /work/official/DatasetCondensation [--threads 1] [--cases ...]
   python bench/bench_official.py --codes hpcdd --dataset digits --cases dm:1:2:0:1   (no official code)
-  python bench/bench_official.py --summary results/bench_official.csv                (ratios only)
+  python bench/bench_official.py --summary results/bench_official.csv   (rewrite its .md table only)
 """
 
 from __future__ import annotations
@@ -338,7 +340,9 @@ def _ratio(s: dict[str, Any], key: str) -> str:
 
 
 def _speed(s: dict[str, Any], code: str) -> str:
-    return f"{s[code + '_wall_median']:.2f} ({s[code + '_wall_min']:.2f})" if f"{code}_iters" in s else "-"
+    if f"{code}_iters" not in s:
+        return "-"
+    return f"{s[code + '_wall_median']:.2f} ({s[code + '_wall_min']:.2f}); CPU {s[code + '_cpu_median']:.2f}"
 
 
 def markdown(summary: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
@@ -353,8 +357,8 @@ def markdown(summary: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
              f"Commits: official {values('official_commit')}, hpcdd {values('hpcdd_commit')}. "
              f"Date: {values('date')}.", "",
              *(f"Command: `{c}`" for c in sorted({str(r['command']) for r in rows})), "",
-             "| method | ipc | iterations timed (official / hpcdd) | official s/it wall median (min) | "
-             "hpcdd s/it wall median (min) | official / hpcdd: wall median | wall min | CPU median | "
+             "| method | ipc | iterations timed (official / hpcdd) | official s/it: wall median (min); CPU median | "
+             "hpcdd s/it: wall median (min); CPU median | official / hpcdd: wall median | wall min | CPU median | "
              "load1 (official / hpcdd) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
@@ -390,7 +394,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--work", default=None, help="work directory (default: a temporary one, removed)")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench_official.csv"))
     ap.add_argument("--append", action="store_true", help="keep --out's rows and add this run's (the table: all)")
-    ap.add_argument("--summary", default=None, metavar="CSV", help="only print the ratio table of CSV")
+    ap.add_argument("--summary", default=None, metavar="CSV", help="only (re)write CSV's ratio table (.md)")
     for hidden in ("--worker", "--case", "--result", "--save", "--strategy", "--official-code", "--official-data"):
         ap.add_argument(hidden, default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -430,7 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.summary:
         with open(args.summary, newline="") as f:
             rows = list(csv.DictReader(f))
-        print(markdown(summarise(rows), rows), end="")
+        table = markdown(summarise(rows), rows)
+        write_text(Path(args.summary).with_suffix(".md"), table)
+        print(table, end="")
         return 0
     if args.work:
         Path(args.work).mkdir(parents=True, exist_ok=True)
