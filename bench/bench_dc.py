@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from csvrows import append_rows
+from csvrows import append_rows, git_head
 
 ROOT = Path(__file__).resolve().parents[1]
 IPC, BATCH_REAL, NET, DATASET = 10, 256, "convnet3", "fashionmnist"
@@ -248,19 +248,6 @@ def worker(args) -> None:
 
 # -- orchestration ----------------------------------------------------------------------------------
 
-def git_commit() -> str:
-    """HEAD's short hash, with '+dirty' when the measured files differ from it."""
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-
-    try:
-        head = git("rev-parse", "HEAD")[:12] or "unknown"
-        dirty = git("status", "--porcelain", "--untracked-files=all", "--", "hpcdd", "bench/bench_dc.py")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=2, help="outer steps (match + inner phase) timed per variant")
@@ -274,7 +261,8 @@ def main() -> None:
     if args.worker:
         return worker(args)
     command = "python bench/bench_dc.py " + shlex.join(sys.argv[1:])
-    meta = {"commit": git_commit(), "host": platform.node(), "torch": torch.__version__,
+    meta = {"commit": git_head(ROOT, ["hpcdd", "bench/bench_dc.py"]), "host": platform.node(),
+            "torch": torch.__version__,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     rows = []
     for dsa in (["on", "off"] if args.dsa == "both" else [args.dsa]):

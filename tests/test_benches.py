@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from hpcdd.config import EvalConfig
 from hpcdd.run import run_one
@@ -79,3 +82,121 @@ def test_bench_mtt_memory_measures_one_iteration(tmp_path):
     rows = pd.read_csv(out)
     assert list(rows["syn_steps"]) == [2] and (rows["peak_delta_mb"] > 0).all() and (rows["estimate_gb"] > 0).all()
     assert "skip ipc 1 syn_steps 100000" in proc.stdout and "MEMORY_FIT =" in proc.stdout
+
+
+# -- bench/bench_official.py: the official code is not available offline, so its half runs on a
+# stand-in checkout with the official entry points; the hpcdd half runs for real on digits.
+
+def _bench_official():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import bench_official
+    finally:
+        sys.path.pop(0)
+    return bench_official
+
+
+STAND_IN_UTILS = """\
+import time
+import networks
+
+def get_network(*args, **kwargs):
+    return networks.flat
+
+def evaluate_synset(*args, **kwargs):
+    raise AssertionError("the harness should have replaced evaluate_synset")
+"""
+STAND_IN_MAIN = """\
+import argparse, json, sys, time
+from pathlib import Path
+from utils import get_network, evaluate_synset
+
+p = argparse.ArgumentParser()
+p.add_argument('--Iteration', type=int)
+p.add_argument('--num_eval', type=int, default=20)
+args, _ = p.parse_known_args()
+Path(__file__).with_name('argv.json').write_text(json.dumps(sys.argv[1:]))
+for it in range(args.Iteration + 1):
+    if it == 0:
+        for _ in range(args.num_eval):
+            evaluate_synset()
+    get_network()
+    time.sleep(0.05 * (it + 1))
+raise SystemExit('ran past the last timed iteration')
+"""
+
+
+def _stand_in(root: Path) -> Path:
+    """A checkout with the official file names: main.py / main_DM.py loop over get_network."""
+    root.mkdir()
+    (root / "utils.py").write_text(STAND_IN_UTILS)
+    (root / "networks.py").write_bytes(b"def flat(x):\r\n    return x.view(x.size(0), -1)\r\n")
+    for script in ("main.py", "main_DM.py"):
+        (root / script).write_text(STAND_IN_MAIN)
+    fmnist = root / "fmnist"
+    fmnist.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        with gzip.open(fmnist / f"{name}.gz", "wb") as f:
+            f.write(name.encode())
+    return root
+
+
+def test_bench_official_times_the_scripts_iterations_without_their_evaluation(tmp_path):
+    """The official half on a stand-in: patched copy, data layout, argv, marks, no evaluation."""
+    src, work, out = _stand_in(tmp_path / "official"), tmp_path / "work", tmp_path / "official.csv"
+    bench = [sys.executable, str(REPO / "bench" / "bench_official.py")]
+    for extra in (["--cases", "dsa:10:2:1:1"], ["--cases", "dm:10:1:0:1", "--append"]):
+        proc = subprocess.run([*bench, str(src), "--codes", "official", "--fmnist-src", str(src / "fmnist"),
+                               "--work", str(work), "--out", str(out), *extra],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+    rows = pd.read_csv(out)
+    assert list(rows["method"]) == ["dsa", "dm"] and list(rows["iterations_timed"]) == [2, 1]
+    dsa = [float(x) for x in rows["wall_s_each"][0].split(";")]  # iterations 1 and 2 sleep 0.10 and 0.15 s
+    assert dsa[0] >= 0.1 and dsa[1] >= 0.15 and rows["wall_s_per_iter_min"][0] == min(dsa)
+    assert (rows["code"] == "official").all() and (rows["threads"] == 1).all()
+    patched = b"def flat(x):\r\n    return x.reshape(x.size(0), -1)\r\n"  # CRLF kept
+    assert (work / "official" / "networks.py").read_bytes() == patched
+    assert (work / "official" / "main.py").read_bytes() == (src / "main.py").read_bytes()
+    assert (src / "networks.py").read_bytes().count(b".view(") == 1  # the checkout itself untouched
+    assert (work / "data" / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").read_bytes() == b"t10k-labels-idx1-ubyte"
+    argv = json.loads((work / "official" / "argv.json").read_text())  # the last run: DM
+    assert argv[argv.index("--num_eval") + 1] == "0" and argv[argv.index("--Iteration") + 1] == "1"
+    assert argv[argv.index("--dsa_strategy") + 1] == "color_crop_cutout_flip_scale_rotate"
+    (tmp_path / "official.md").unlink()  # the table again from the CSV alone
+    assert subprocess.run([*bench, "--summary", str(out)], capture_output=True, timeout=60).returncode == 0
+    table = (tmp_path / "official.md").read_text()
+    assert "| dsa | 10 | 2 / - |" in table and "| dm | 10 | 1 / - |" in table
+
+
+def test_bench_official_hpcdd_half_runs(tmp_path):
+    """The hpcdd half for real (digits, one DM iteration timed): `hpcdd distill` with a mark per step."""
+    out = tmp_path / "hpcdd.csv"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_official.py"), "--codes", "hpcdd",
+                           "--dataset", "digits", "--cases", "dm:1:1:0:1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = pd.read_csv(out)
+    assert len(rows) == 1 and rows["code"][0] == "hpcdd" and rows["iterations_timed"][0] == 1
+    assert rows["wall_s_per_iter_median"][0] > 0 and rows["cpu_s_per_iter_median"][0] > 0
+    assert rows["official_commit"][0] == "-"
+
+
+def test_bench_official_ratios_pool_every_timed_iteration():
+    bo = _bench_official()
+    row = {"method": "dm", "ipc": 10, "load1_before": 1.0, "load1_after": 2.0}
+    rows = [{**row, "code": "official", "wall_s_each": "3;5", "cpu_s_each": "2;4"},
+            {**row, "code": "hpcdd", "wall_s_each": "2", "cpu_s_each": "1"},
+            {**row, "code": "official", "wall_s_each": "9", "cpu_s_each": "6"},
+            {**row, "code": "hpcdd", "wall_s_each": "2;4", "cpu_s_each": "2;3"}]
+    (s,) = bo.summarise(rows)
+    assert (s["official_iters"], s["hpcdd_iters"]) == (3, 3)
+    assert s["ratio_wall_median"] == 5 / 2 and s["ratio_wall_min"] == 3 / 2 and s["ratio_cpu_median"] == 4 / 2
+    assert bo.torch2_patch(b"a.view(1)\nb.view(2).view_as(c)\n") == (b"a.reshape(1)\nb.reshape(2).view_as(c)\n", 2)
+
+
+@pytest.mark.parametrize("case", ["dm:10:1:0", "gm:10:1:0:1", "dm:10:0:0:1", "dm:x:1:0:1"])
+def test_bench_official_refuses_a_bad_case(case):
+    with pytest.raises(SystemExit, match="bad case"):
+        _bench_official().Case.parse(case)
