@@ -53,8 +53,8 @@ from torch import nn
 
 from hpcdd.config import from_dict
 from hpcdd.data import ClassBank
-from hpcdd.distill.common import embed_nograd
 from hpcdd.errors import ConfigError
+from hpcdd.nets.embed import embed_nograd, eval_mode
 from hpcdd.select.kmeans import kmeans_batched, nearest
 from hpcdd.select.samplers import Sampler
 from hpcdd.seeding import derive_seed, fresh_net, generator
@@ -191,13 +191,8 @@ def embed_classes(bank: ClassBank, net: nn.Module, classes: Sequence[int],
     """``embed()`` features ``(size_c, d)`` of every image of each class, on the net's device,
     with every module in eval mode (restored afterwards)."""
     device = next(net.parameters()).device
-    modes = [m.training for m in net.modules()]
-    net.eval()
-    try:
+    with eval_mode(net):
         return [embed_nograd(net, bank.images(bank.class_indices[c]).to(device), chunk) for c in classes]
-    finally:
-        for m, mode in zip(net.modules(), modes):
-            m.training = mode
 
 
 def select_nearest(feats: list[torch.Tensor], train: list[torch.Tensor], k: int, query_k: int,
