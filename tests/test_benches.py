@@ -162,3 +162,37 @@ def test_dream_curve_grids_can_resolve_the_claim():
         points = quick_eval_points(least, exe.eval_every, exe.eval_points, exe.eval_at) | {least}  # + the final
         assert len(points) >= 10 and exe.eval_point_n >= 2
         assert {(c.eval.epochs, c.eval.n, c.eval.models) for c in sweep.cells} == {(100, exe.eval_point_n, ("convnet3",))}
+
+
+def test_bench_dream_runs(tmp_path):
+    """On digits: random and two DREAM settings stepped interleaved, per-part seconds, ratios."""
+    out = tmp_path / "dream.csv"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_dream.py"), "--dataset", "digits", "--ipc", "1",
+                           "--batch-real", "8", "--iters", "2", "--dream", "", "candidates=20,interval=1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    rows = pd.read_csv(out).set_index("variant")
+    assert list(rows.index) == ["random", "dream0[defaults]", "dream1[candidates=20,interval=1]"]
+    assert rows.loc["random", "ratio_wall"] == 1.0 and (rows["sec_per_iter"] > 0).all()
+    busy = rows.loc["dream1[candidates=20,interval=1]"]
+    assert busy["clusterings_timed"] == 20 and busy["candidates_per_class"] == 20 and busy["embed_s_per_iter"] > 0
+    assert rows.loc["dream0[defaults]", "clusterings_timed"] == 0  # interval 10: none in iterations 1-2
+
+
+def test_bench_kmeans_scores_picks_against_kmeanspp():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import bench_kmeans
+    finally:
+        sys.path.pop(0)
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    xs = [g.normal(size=(40, 8)).astype(np.float32) for _ in range(3)]
+    rows = {r["backend"]: r for r in bench_kmeans.candidate_rows(xs, 8, seed=0)}
+    assert set(rows) == set(bench_kmeans.CANDIDATE_SETTINGS)
+    ref = rows["torch k-means++"]
+    assert ref["picks_agree_with_kmeanspp"] == 1.0 and ref["inertia_vs_kmeanspp"] == 1.0
+    assert rows["faiss k-means++"]["picks_agree_with_kmeanspp"] == 1.0  # same init, same Lloyd steps
+    assert all(0 <= r["picks_agree_with_kmeanspp"] <= 1 and r["cpu_s"] >= 0 for r in rows.values())
+    assert rows["torch random (official)"]["niter"] == "<=100 tol=0.0001"

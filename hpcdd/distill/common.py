@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from hpcdd.nets.embed import autocast, embed_nograd, has_batchnorm  # noqa: F401 (moved there; kept for importers)
 from hpcdd.seeding import generator
 
 

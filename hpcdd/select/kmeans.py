@@ -11,7 +11,7 @@ features, k=256, against scikit-learn ``KMeans(n_init=1, init="k-means++")``; se
 ``bench/KMEANS.md``):
 
 - **Init: seeded greedy k-means++ (the API default), or ``init="random"``** (k distinct
-  samples: the official DREAM code's, and DREAM's default here, ~5x cheaper on its per-class
+  samples: the official DREAM code's, and DREAM's default here, 6-9x cheaper on its per-class
   candidate problems, see ``bench/KMEANS.md``). Greedy k-means++ draws ``n_local_trials``
   candidates per centre (default ``2 + int(log k)``, scikit-learn's rule) in proportion to the
   squared distance to the chosen centres and keeps the one that lowers the potential most, in

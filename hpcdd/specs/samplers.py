@@ -22,7 +22,7 @@ class DreamParams:
     interval, top-1, random init, tolerance and iteration cap, and a seeded subset of 500
     candidates per class (the official code embeds the whole class: ``candidates: null``). With
     them DREAM-DM costs 1.2x random-DM per iteration on Fashion-MNIST ipc 10 (1000 candidates:
-    1.4x; ``bench/bench_dream.py``); k-means++ costs ~5x random init's k-means time
+    1.4x; ``bench/bench_dream.py``); k-means++ costs 6-9x random init's k-means time
     (``bench/KMEANS.md``)."""
 
     interval: int = 10
@@ -51,7 +51,7 @@ class DreamParams:
     torch."""
     kmeans_init: str = "random"
     """k-means init: random (k distinct candidates, the official code's) or k-means++ (seeded
-    greedy, lower inertia, ~5x the k-means time; bench/KMEANS.md)."""
+    greedy, lower inertia, 6-9x the k-means time; bench/KMEANS.md)."""
 
     def __post_init__(self) -> None:
         check_config(self)
