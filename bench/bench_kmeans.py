@@ -6,7 +6,13 @@ compared, so a stale cache is rebuilt).
 
 Problems and rows (every row records its settings):
   full       60000 x 2048, k=256, one fit
-  per-class  10 classes x 6000 x 2048, k=256 (what DREAM does, one fit per class)
+  per-class  10 classes x 6000 x 2048, k=256 (what DREAM did before issue 19, one fit per class)
+  candidates 10 classes x C x 2048 (C = --candidates, a seeded subset of each class), k = --k-real
+             (the real batch, 256): what DREAM runs now, as it runs it (one batched call, no final
+             assignment, then the nearest candidate per centroid), for each backend (faiss, torch) and
+             init (k-means++ with 20 iterations; random with the official cap 100 and tolerance 1e-4).
+             Scored by the share of nearest-sample picks that agree with k-means++ (torch, seed 0),
+             next to k-means++ with another seed (how much k-means++ agrees with itself)
 Methods:
   sklearn          KMeans(n_init=1, init='k-means++') with its defaults (max_iter=300, tol=1e-4):
                    the quality reference of ``inertia_vs_sklearn`` and ``speedup_vs_sklearn``
@@ -22,6 +28,7 @@ On a shared 2-core machine OpenMP's thread barriers cost more than they save for
 --threads 1 gives steadier numbers (the CSV records threads and the load average per row).
 Writes results/bench_kmeans.csv (overwrites, or --append) with provenance columns.
 Usage: python bench/bench_kmeans.py [--niter 20] [--k 256] [--sklearn-classes 3] [--threads 1]
+       python bench/bench_kmeans.py --problems candidates --candidates 500,1000,2000 --threads 1 --append
 """
 
 from __future__ import annotations
@@ -137,6 +144,54 @@ def methods(k: int, niter: int, seed: int, per_class: bool) -> dict[str, tuple[C
     return out
 
 
+def candidate_problems(x_all: np.ndarray, labels: np.ndarray, classes: int, size: int, seed: int) -> list[np.ndarray]:
+    """Per class, a seeded subset of ``size`` of its rows (DREAM's candidates)."""
+    out = []
+    for c in range(classes):
+        rows = np.flatnonzero(labels == c)
+        g = generator(seed, f"bench_kmeans:candidates:c{c}")
+        pick = torch.randperm(len(rows), generator=g)[:size].sort().values.numpy()
+        out.append(np.ascontiguousarray(x_all[rows[pick]]))
+    return out
+
+
+CANDIDATE_SETTINGS = {  # name -> (backend, init, niter, tol, seed offset)
+    "torch k-means++": ("torch", "k-means++", 20, None, 0),
+    "torch k-means++ (other seed)": ("torch", "k-means++", 20, None, 1),
+    "faiss k-means++": ("faiss", "k-means++", 20, None, 0),
+    "torch random (official)": ("torch", "random", 100, 1e-4, 0),
+    "faiss random (official)": ("faiss", "random", 100, 1e-4, 0),
+}
+
+
+def candidate_rows(xs: list[np.ndarray], k: int, seed: int) -> list[dict]:
+    """Time each setting as DREAM runs it and score its picks against k-means++ (the first)."""
+    ts = [torch.from_numpy(x) for x in xs]
+    rows, ref = [], None
+    for name, (backend, init, niter, tol, offset) in CANDIDATE_SETTINGS.items():
+        seeds = [derive_seed(seed + offset, f"bench_kmeans:candidates:{i}") for i in range(len(ts))]
+        load = os.getloadavg()[0]
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = km.kmeans_batched(ts, k, seed=seeds, niter=niter, backend=backend, init=init, tol=tol, assign=False)
+        picks = [set(km.nearest(x, r.centroids).reshape(-1).tolist()) for x, r in zip(ts, res)]
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        inertia = sum(km.inertia(x, r.centroids) for x, r in zip(ts, res))
+        if ref is None:
+            ref = {"picks": picks, "inertia": inertia}
+        agree = sum(len(a & b) for a, b in zip(picks, ref["picks"])) / sum(len(b) for b in ref["picks"])
+        iters = sorted({r.n_iter for r in res})
+        rows.append({
+            "problem": f"candidates-{len(xs[0])}", "backend": name, "problems": len(xs), "n": sum(len(x) for x in xs),
+            "d": xs[0].shape[1], "k": k, "init": init, "niter": niter if tol is None else f"<={niter} tol={tol:g}",
+            "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "iters_run": "-".join(map(str, iters[:: max(1, len(iters) - 1)])),
+            "inertia": round(inertia, 1), "inertia_vs_kmeanspp": round(inertia / ref["inertia"], 4),
+            "picks_agree_with_kmeanspp": round(agree, 3), "unique_picks": sum(len(p) for p in picks),
+            "load_1m": round(load, 2),
+        })
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--niter", type=int, default=20)
@@ -149,6 +204,10 @@ def main() -> None:
     ap.add_argument("--append", action="store_true", help="append to --out instead of overwriting it")
     ap.add_argument("--n", type=int, default=None, help="use only the first N rows (a quick smoke run)")
     ap.add_argument("--skip", default="", help="comma-separated method names to skip")
+    ap.add_argument("--problems", default="full,per-class,candidates",
+                    help="comma-separated: full, per-class, candidates")
+    ap.add_argument("--candidates", default="1000", help="comma-separated candidate counts per class")
+    ap.add_argument("--k-real", type=int, default=256, help="k of the candidates problem (the real batch)")
     ap.add_argument("--cache", default="/tmp/hpcdd_bench_kmeans")
     ap.add_argument("--out", default="results/bench_kmeans.csv")
     args = ap.parse_args()
@@ -166,10 +225,18 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(), "faiss_threads": faiss.omp_get_max_threads(),
         "cpus": os.cpu_count(), "load_1m_start": round(os.getloadavg()[0], 2),
     }
-    classes = [np.ascontiguousarray(x_all[labels == c]) for c in range(args.classes)]
-    problems = {"full": [np.ascontiguousarray(x_all)], "per-class": classes}
+    wanted = set(filter(None, args.problems.split(",")))
+    problems = {}
+    if "full" in wanted:
+        problems["full"] = [np.ascontiguousarray(x_all)]
+    if "per-class" in wanted:
+        problems["per-class"] = [np.ascontiguousarray(x_all[labels == c]) for c in range(args.classes)]
     skip = set(filter(None, args.skip.split(",")))
     rows = []
+    if "candidates" in wanted:
+        for size in map(int, args.candidates.split(",")):
+            xs = candidate_problems(x_all, labels, args.classes, size, args.seed)
+            rows += [{**r, **meta} for r in candidate_rows(xs, args.k_real, args.seed)]
     for pname, xs in problems.items():
         ref = None
         for mname, (fn, settings) in methods(args.k, args.niter, args.seed, pname == "per-class").items():

@@ -37,16 +37,20 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _parser_for(tp: Any) -> tuple[Any, bool, bool]:
-    """(argparse type, is_list, is_bool) for a field type."""
+    """(argparse type, is_list, is_bool) for a field type; for a list, the type of its items."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     base = args[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) else tp
     if typing.get_origin(base) is tuple:
-        return str, True, False
+        return typing.get_args(base)[0], True, False
     return base, False, base is bool
 
 
-def _list(text: str) -> list[str]:
-    return [t for t in text.split(",") if t]
+def _list_of(item: type):
+    """An argparse type: comma-separated values, each converted by ``item`` (e.g. int)."""
+    def parse(text: str) -> list[Any]:
+        return [item(t) for t in text.split(",") if t]
+    parse.__name__ = f"list of {item.__name__}"  # argparse names it in 'invalid ... value'
+    return parse
 
 
 def _shown(value: Any) -> Any:
@@ -61,7 +65,7 @@ def _add(group: Any, flag: str, dest: str, tp: Any, help_text: str) -> None:
     if is_bool:
         group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
     elif is_list:
-        group.add_argument(flag, type=_list, metavar="A,B", **kw)
+        group.add_argument(flag, type=_list_of(kind), metavar="A,B", **kw)
     else:
         group.add_argument(flag, type=kind, metavar=kind.__name__.upper(), **kw)
 

@@ -159,6 +159,11 @@ class ExecConfig:
     eval_points: int = 0
     """If > 0, log that many quick evals, evenly spaced over the iterations (plus iteration 0),
     whatever the budget (a curve of the same resolution for a 10- and a 200-iteration run)."""
+    eval_at: tuple[int, ...] = ()
+    """Also log quick evals after exactly these iterations (plus iteration 0; those beyond the
+    budget are ignored), e.g. denser early in a curve."""
+    eval_point_n: int = 1
+    """Fresh models trained at each quick eval (their mean is logged as eval_acc, each in eval_accs)."""
     progress: bool = True
     """Show tqdm progress bars."""
     deterministic: bool = True
@@ -178,6 +183,10 @@ class ExecConfig:
             raise ConfigError(f"checkpoint_minutes must be in (0, 10080], got {self.checkpoint_minutes}")
         if self.eval_every < 0 or self.eval_points < 0:
             raise ConfigError(f"eval_every and eval_points must be >= 0, got {self.eval_every}, {self.eval_points}")
+        if any(i < 0 for i in self.eval_at):
+            raise ConfigError(f"eval_at must list iterations >= 0, got {list(self.eval_at)}")
+        if self.eval_point_n < 1:
+            raise ConfigError(f"eval_point_n must be >= 1, got {self.eval_point_n}")
         if self.threads is not None and not 1 <= self.threads <= 4096:
             raise ConfigError(f"threads must be between 1 and 4096, got {self.threads}")
         if self.memory_limit_gb is not None and self.memory_limit_gb <= 0:

@@ -26,7 +26,7 @@ from hpcdd.catalog import (
 )
 from hpcdd.config import EvalConfig, ExecConfig, RunConfig, eval_flat, from_dict, to_dict
 from hpcdd.data import Dataset, load_dataset
-from hpcdd.errors import ConfigError, NonFiniteLossError, RunDirError
+from hpcdd.errors import ConfigError, HpcddError, NonFiniteLossError, RunDirError
 from hpcdd.evaluate import check_synset, evaluate_source, flat_metrics
 from hpcdd.io import (
     append_line, atomic_torch_save, atomic_write_json, atomic_write_yaml, clean_stale_tmp, now_utc,
@@ -38,6 +38,7 @@ from hpcdd.runtime.loop import run_steps
 from hpcdd.runtime.process import setup_process
 from hpcdd.runtime.provenance import provenance
 from hpcdd.seeding import generator
+from hpcdd.select.samplers import build_sampler
 from hpcdd.sources import Source, load_source
 from hpcdd.specs import METHODS, SAMPLERS, load_impl
 
@@ -87,8 +88,12 @@ def run_one(
         rundir.check_free(run_dir, rid, overwrite)
         clean_stale_tmp(run_dir, recursive=True)
         rundir.write_identity(run_dir, rid, cfg)
-        source, meta = _distilled(cfg, rid, run_dir, ctx, should_stop)
-        return [_evaluate(cfg, ev, run_dir, source, meta, ctx, should_stop) for ev in evals]
+        try:
+            source, meta = _distilled(cfg, rid, run_dir, ctx, should_stop)
+            return [_evaluate(cfg, ev, run_dir, source, meta, ctx, should_stop) for ev in evals]
+        except HpcddError as e:
+            _log_error(run_dir, e)
+            raise
 
 
 def evaluate_run(run_dir: str | Path, ev: EvalConfig = EvalConfig(), exec_cfg: ExecConfig = ExecConfig(),
@@ -140,6 +145,17 @@ def _setup(cfg: RunConfig, evals: Sequence[EvalConfig], exec_cfg: ExecConfig, t_
     return _Context(accelerator, data, prov, exec_cfg, t_start)
 
 
+def _log_error(run_dir: Path, e: HpcddError) -> None:
+    """Record a user-facing error in log.txt (README: the log keeps errors); a non-finite loss
+    logs its own line where it is found. Never masks the error itself."""
+    if isinstance(e, NonFiniteLossError):
+        return
+    try:
+        rundir.log(run_dir, f"error: {e}")
+    except OSError:
+        pass
+
+
 def slurm_ids() -> dict[str, str]:
     """The Slurm job and array task running this process (empty outside Slurm)."""
     keys = {"slurm_job_id": "SLURM_JOB_ID", "slurm_array_job_id": "SLURM_ARRAY_JOB_ID",
@@ -160,9 +176,7 @@ def _distilled(cfg: RunConfig, rid: str, run_dir: Path, ctx: _Context,
     artefacts = _prerequisites(cfg, run_dir, ctx, should_stop)
     method = METHODS.get(cfg.method)
     t0 = time.perf_counter()
-    sampler_spec = SAMPLERS.get(cfg.sampler)
-    sampler = load_impl(sampler_spec.impl)(
-        ctx.data.train, cfg.seed, from_dict(sampler_spec.params, cfg.sampler_params, where="sampler"))
+    sampler = build_sampler(cfg, ctx.data.train)
     distiller = load_impl(method.impl)(cfg, ctx.data.train, ctx.accelerator, sampler, artefacts)
     build_seconds = time.perf_counter() - t0  # coreset selection happens here
     if not (run_dir / rundir.CHECKPOINTS).exists():
@@ -181,6 +195,7 @@ def _distilled(cfg: RunConfig, rid: str, run_dir: Path, ctx: _Context,
     atomic_torch_save(rundir.artefact_path(run_dir, method.output), {**source.state_dict(), **meta})
     seconds = build_seconds + loop_seconds
     timing = {"distill_seconds": round(seconds, 3), "iterations_done": cfg.iterations,
+              "match_seconds": round(loop_seconds - sampler.seconds(), 3),  # the loop minus sampling
               "sampler": sampler.info(), "finished_at": now_utc()}
     atomic_write_json(run_dir / rundir.DONE, {"run_id": rid, **timing})
     rundir.log(run_dir, f"distillation finished in {seconds:.1f}s; {rundir.ARTEFACT_FILES[method.output]} written")
@@ -242,36 +257,42 @@ def _prerequisites(cfg: RunConfig, run_dir: Path, ctx: _Context, should_stop: Sh
 
 
 def _quick_eval_hook(cfg: RunConfig, run_dir: Path, distiller: Any, ctx: _Context) -> Callable[[int], None] | None:
-    """One model, 100 epochs, at iteration 0 and every ``eval_every`` iterations (or at
-    ``eval_points`` evenly spaced ones): an accuracy-vs-iterations curve in metrics.jsonl."""
-    due = quick_eval_points(cfg.iterations, ctx.exec_cfg.eval_every, ctx.exec_cfg.eval_points)
+    """``eval_point_n`` models, 100 epochs, at iteration 0 and every ``eval_every`` iterations,
+    at ``eval_points`` evenly spaced ones and after the ``eval_at`` iterations: an
+    accuracy-vs-iterations curve in metrics.jsonl (mean, each model, and the seconds it took)."""
+    exe = ctx.exec_cfg
+    due = quick_eval_points(cfg.iterations, exe.eval_every, exe.eval_points, exe.eval_at)
     if not due:
         return None
     model = "convnet3" if cfg.net.startswith("convnet") else cfg.net
-    ev = EvalConfig(models=(model,), n=1, epochs=100)
+    ev = EvalConfig(models=(model,), n=exe.eval_point_n, epochs=100)
 
     def hook(done: int) -> None:
         if done not in due:
             return
         from hpcdd.sources import ImageSource
 
+        t0 = time.perf_counter()
         source = ImageSource(distiller.synthetic(cfg.ipc or 10))
         res = evaluate_source(source, ctx.data.test, ctx.data.info, ev, seed=cfg.seed, dataset=cfg.dataset,
                               ipc=None, device=ctx.accelerator.device, purpose=f"quick-{done}",
-                              progress=False)
+                              progress=False)[model]
         append_line(run_dir / rundir.METRICS, json.dumps(
-            {"it": done, "eval_acc": res[model]["acc_mean"], "eval_model": model, "eval_epochs": 100}))
+            {"it": done, "eval_acc": res["acc_mean"], "eval_accs": res["accs"], "eval_model": model,
+             "eval_epochs": 100, "eval_seconds": round(time.perf_counter() - t0, 3)}))
 
     return hook
 
 
-def quick_eval_points(total: int, every: int, points: int) -> set[int]:
+def quick_eval_points(total: int, every: int, points: int, at: Sequence[int] = ()) -> set[int]:
     """The completed-iteration counts at which quick evals run (always 0 when any run)."""
     due: set[int] = set()
     if every:
         due |= set(range(0, total + 1, every))
     if points:
         due |= {round(i * total / points) for i in range(points + 1)}
+    if at:
+        due |= {0, *(i for i in at if i <= total)}
     return due
 
 
@@ -308,7 +329,8 @@ def _evaluate(cfg: RunConfig, ev: EvalConfig, run_dir: Path, source: Source, met
     row = {
         "run_id": run_id(cfg), "eval_id": eid, "protocol": ev.protocol, **flat_run(cfg), "ipc": ipc,
         **eval_flat(ev), **flat_metrics(per_arch),
-        "distill_seconds": meta.get("distill_seconds"), "eval_seconds": round(time.perf_counter() - t0, 3),
+        "distill_seconds": meta.get("distill_seconds"), "match_seconds": meta.get("match_seconds"),
+        "eval_seconds": round(time.perf_counter() - t0, 3),
         "wall_seconds": round(time.perf_counter() - ctx.t_start, 3),
         "peak_rss_mb": round(peak_memory_mb(ctx.accelerator.device), 1),
         "iterations_done": meta.get("iterations_done"), **_sampler_columns(meta),

@@ -30,21 +30,93 @@ def test_bench_dm_runs(tmp_path):
     assert len(rows) >= 1 and (rows["sec_per_iter"] > 0).all()
 
 
-def test_dream_curve_summarises_random_vs_dream(tmp_path):
+def dream_curve_module():
     sys.path.insert(0, str(REPO / "bench"))
     try:
         import dream_curve
     finally:
         sys.path.pop(0)
-    exe = dataclasses.replace(QUIET, eval_points=2)
-    for sampler, extra in (("random", {}), ("dream", {"interval": 2})):
-        run_one(tiny(sampler=sampler, iterations=4, batch_real=8, **extra), tmp_path / "runs" / sampler, exe,
-                evals=[EvalConfig(epochs=1, n=1)])
+    return dream_curve
+
+
+def test_dream_curve_runs_on_real_runs(tmp_path):
+    """Tiny digits runs (the logic over seeds is tested on fabricated curves below): quick evals
+    of 2 models at iterations 0 and 2, the final dc100 evaluation as the last point."""
+    dream_curve = dream_curve_module()
+    exe = dataclasses.replace(QUIET, eval_at=(2,), eval_point_n=2)
+    for sampler, extra in (("random", {}), ("dream", {"interval": 2, "init": "kmeans"})):
+        run_one(tiny(sampler=sampler, iterations=4, batch_real=8, net="mlp", **extra), tmp_path / "runs" / sampler,
+                exe, evals=[EvalConfig(models=("mlp",), epochs=100, n=1)])
     stem = tmp_path / "curve"
     assert dream_curve.main([str(tmp_path / "runs"), "--out", str(stem)]) == 0
     table = pd.read_csv(f"{stem}.csv")
     assert set(table["sampler"]) == {"random", "dream"} and sorted(set(table["it"])) == [0, 2, 4]
-    assert (table["wall_ratio"] > 0).all() and Path(f"{stem}.png").stat().st_size > 0
+    assert set(table[table["it"] == 4]["source"]) == {"final"} and set(table[table["it"] == 2]["models"]) == {2}
+    summary = pd.read_csv(f"{stem}_summary.csv")
+    assert list(summary["method"]) == ["dm"] and summary["seeds_dream"].item() == 1
+    assert summary["random_s_per_iter"].item() > 0 and summary["dream_build_s"].item() > 0  # init: kmeans
+    assert Path(f"{stem}.png").stat().st_size > 0
+
+
+def fake_curves(points: dict[tuple[str, int], list[tuple[int, float]]], budget: int = 100) -> pd.DataFrame:
+    rows = []
+    for (sampler, seed), curve in points.items():
+        secs = {"random": 100.0, "dream": 120.0}[sampler]
+        for it, acc in curve:
+            rows.append({"method": "dm", "sampler": sampler, "ipc": 10, "seed": seed, "run_id": f"{sampler}{seed}",
+                         "iterations": budget, "distill_seconds": secs + (10.0 if sampler == "dream" else 0.0),
+                         "build_seconds": 10.0 if sampler == "dream" else 0.0, "loop_seconds": secs, "it": it,
+                         "acc": acc, "models": 2, "source": "quick"})
+    return pd.DataFrame(rows)
+
+
+def test_dream_curve_finds_the_crossing_with_an_interval_over_seeds():
+    dc = dream_curve_module()
+    assert dc.crossing([0, 10, 20, 40], [0.5, 0.6, 0.7, 0.8], 0.65) == pytest.approx(15.0)  # between 10 and 20
+    assert dc.crossing([0, 10, 20], [0.7, 0.72, 0.8], 0.65) == 10.0  # never before the first point after 0
+    assert dc.crossing([0, 10, 20], [0.5, 0.6, 0.62], 0.65) is None
+    c = fake_curves({
+        ("random", 0): [(0, 0.5), (50, 0.7), (100, 0.80)], ("random", 1): [(0, 0.5), (50, 0.7), (100, 0.78)],
+        ("dream", 0): [(0, 0.6), (10, 0.75), (20, 0.85), (100, 0.9)],   # reaches 0.80 at 15
+        ("dream", 1): [(0, 0.6), (10, 0.70), (20, 0.80), (100, 0.9)],   # reaches 0.78 at 18
+    })
+    s = dc.summarise(c).iloc[0]
+    assert s["random_final"] == pytest.approx(0.79) and s["reached"] == 2 and s["seeds_paired"] == 2
+    assert s["reach_iters_seed_min"] == pytest.approx(15.0) and s["reach_iters_seed_max"] == pytest.approx(18.0)
+    assert s["reach_iters"] == pytest.approx(16.5)  # the mean curve: 0.725 at 10, 0.825 at 20
+    assert s["speedup"] == pytest.approx(100 / 16.5, abs=0.01)
+    assert s["wall_to_reach_s"] == pytest.approx(10 + 1.2 * 16.5) and s["random_wall_s"] == 100.0
+    assert s["wall_gain"] == pytest.approx(100 / (10 + 1.2 * 16.5), abs=0.01)
+    never = fake_curves({("random", 0): [(0, 0.5), (100, 0.9)], ("dream", 0): [(0, 0.5), (100, 0.85)]})
+    assert dc.summarise(never).iloc[0]["reached"] == 0 and pd.isna(dc.summarise(never).iloc[0]["reach_iters"])
+
+
+def test_dream_curve_figure_is_readable(tmp_path):
+    """Issue 22 item 12: the y-label fits the figure, iteration ticks are integers even on a
+    1-iteration budget, and there is one legend for all panels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    dc = dream_curve_module()
+    c = pd.concat([fake_curves({("random", 0): [(0, 0.5), (1, 0.6)], ("dream", 0): [(0, 0.5), (1, 0.62)]}, budget=1),
+                   fake_curves({("random", 0): [(0, 0.5), (100, 0.8)], ("dream", 0): [(0, 0.5), (100, 0.81)]})
+                   .assign(method="dsa")])
+    fig = dc.plot(c, dc.summarise(c))
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    box = fig.bbox
+    for ax in fig.axes:
+        label = ax.yaxis.label
+        if label.get_text():
+            ext = label.get_window_extent(renderer)
+            assert box.y0 <= ext.y0 and ext.y1 <= box.y1 and box.x0 <= ext.x0, "y-label clipped"
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+        assert ax.get_legend() is None
+    assert len(fig.legends) == 1
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any(t.startswith("random") for t in texts) and any(t.startswith("dream") for t in texts)
 
 
 def test_migrate_results_gives_todays_ids(tmp_path):
@@ -200,3 +272,60 @@ def test_bench_official_ratios_pool_every_timed_iteration():
 def test_bench_official_refuses_a_bad_case(case):
     with pytest.raises(SystemExit, match="bad case"):
         _bench_official().Case.parse(case)
+
+
+def test_dream_curve_grids_can_resolve_the_claim():
+    """Issue 19: DM ipc 10 >= 500 iterations, DC and DSA ipc 1 (1 outer, 1 inner) >= 200, both
+    samplers, >= 3 seeds, >= 10 evaluation points of >= 2 models; DREAM rows start from init kmeans."""
+    from hpcdd.run import quick_eval_points
+    from hpcdd.sweep.grid import load_grid
+
+    for name, methods, ipc, least in (("dream_curve_dm", {"dm"}, 10, 500), ("dream_curve_dc", {"dc", "dsa"}, 1, 200)):
+        sweep = load_grid(REPO / "launch" / f"{name}.yaml")
+        runs = [r.config for r in sweep.runs]
+        assert {r.method for r in runs} == methods and {r.ipc for r in runs} == {ipc}
+        for method in methods:
+            for sampler in ("random", "dream"):
+                mine = [r for r in runs if r.method == method and r.sampler == sampler]
+                assert len({r.seed for r in mine}) >= 3 and all(r.iterations >= least for r in mine)
+                assert {r.params["init"] for r in mine} == ({"kmeans"} if sampler == "dream" else {"real"})
+                if method != "dm":
+                    assert {(r.params["outer_loop"], r.params["inner_loop"]) for r in mine} <= {(None, None)}
+        exe = sweep.exec
+        points = quick_eval_points(least, exe.eval_every, exe.eval_points, exe.eval_at) | {least}  # + the final
+        assert len(points) >= 10 and exe.eval_point_n >= 2
+        assert {(c.eval.epochs, c.eval.n, c.eval.models) for c in sweep.cells} == {(100, exe.eval_point_n, ("convnet3",))}
+
+
+def test_bench_dream_runs(tmp_path):
+    """On digits: random and two DREAM settings stepped interleaved, per-part seconds, ratios."""
+    out = tmp_path / "dream.csv"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_dream.py"), "--dataset", "digits", "--ipc", "1",
+                           "--batch-real", "8", "--iters", "2", "--dream", "", "candidates=20,interval=1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    rows = pd.read_csv(out).set_index("variant")
+    assert list(rows.index) == ["random", "dream0[defaults]", "dream1[candidates=20,interval=1]"]
+    assert rows.loc["random", "ratio_wall"] == 1.0 and (rows["sec_per_iter"] > 0).all()
+    busy = rows.loc["dream1[candidates=20,interval=1]"]
+    assert busy["clusterings_timed"] == 20 and busy["candidates_per_class"] == 20 and busy["embed_s_per_iter"] > 0
+    assert rows.loc["dream0[defaults]", "clusterings_timed"] == 0  # interval 10: none in iterations 1-2
+
+
+def test_bench_kmeans_scores_picks_against_kmeanspp():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import bench_kmeans
+    finally:
+        sys.path.pop(0)
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    xs = [g.normal(size=(40, 8)).astype(np.float32) for _ in range(3)]
+    rows = {r["backend"]: r for r in bench_kmeans.candidate_rows(xs, 8, seed=0)}
+    assert set(rows) == set(bench_kmeans.CANDIDATE_SETTINGS)
+    ref = rows["torch k-means++"]
+    assert ref["picks_agree_with_kmeanspp"] == 1.0 and ref["inertia_vs_kmeanspp"] == 1.0
+    assert rows["faiss k-means++"]["picks_agree_with_kmeanspp"] == 1.0  # same init, same Lloyd steps
+    assert all(0 <= r["picks_agree_with_kmeanspp"] <= 1 and r["cpu_s"] >= 0 for r in rows.values())
+    assert rows["torch random (official)"]["niter"] == "<=100 tol=0.0001"

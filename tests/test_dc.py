@@ -10,8 +10,9 @@ from hpcdd.catalog import resolve
 from hpcdd.cli import main
 from hpcdd.config import from_dict
 from hpcdd.data import load_dataset
-from hpcdd.distill.dc import batchnorms, match_loss
+from hpcdd.distill.dc import match_loss
 from hpcdd.errors import ConfigError
+from hpcdd.nets.embed import batchnorms
 from hpcdd.run import run_one
 from hpcdd.runtime.accel import make_accelerator
 from hpcdd.runtime.preempt import Interrupted

@@ -5,6 +5,7 @@ DREAM+ top-k, state and bit-identical resume, and bad values through the CLI."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -45,10 +46,11 @@ def features(bank, model, c: int) -> torch.Tensor:
     return out
 
 
-def direct(bank, model, c, k, seed, query_k=1, pool=None) -> torch.Tensor:
-    """DREAM's selection computed from the kmeans module: dataset indices."""
+def direct(bank, model, c, k, seed, query_k=1, pool=None, params=DreamParams()) -> torch.Tensor:
+    """DREAM's selection over the whole class computed from the kmeans module: dataset indices."""
     x = features(bank, model, c)
-    fit = kmeans(x if pool is None else x[pool], k, seed=seed)
+    fit = kmeans(x if pool is None else x[pool], k, seed=seed, niter=params.kmeans_iters, tol=params.kmeans_tol,
+                 init=params.kmeans_init, backend=params.kmeans_backend)
     return bank.class_indices[c][nearest(x, fit.centroids, query_k).reshape(-1)]
 
 
@@ -71,7 +73,7 @@ def test_selected_samples_are_the_nearest_to_the_kmeans_centroids(bank):
     chosen = s.indices(3, 8, net=model)
     assert chosen.dtype == torch.int64 and len(chosen) == 8
     assert torch.equal(chosen, direct(bank, model, 3, 8, s.kmeans_seed(3, 8, 0)))
-    fit = kmeans(features(bank, model, 3), 8, seed=s.kmeans_seed(3, 8, 0))
+    fit = kmeans(features(bank, model, 3), 8, seed=s.kmeans_seed(3, 8, 0), init="random", niter=100, tol=1e-4)
     assert_nearest(bank, model, 3, chosen, fit.centroids)
     assert set(chosen.tolist()) <= set(bank.class_indices[3].tolist())
     assert model.training and all(m.training for m in model.modules())  # modes restored
@@ -131,14 +133,96 @@ def test_pool_subsample_is_seeded_recorded_and_candidates_span_the_class(bank):
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     info = s.info()
     assert info["subsampled"] is True and info["pool_size"] == 40
-    pool = s.pool_indices(1, 8, 0)
+    size = len(bank.class_indices[1])  # < candidates (500): the whole class is a candidate
+    assert s.candidate_indices(1, 8, 0) is None and info["candidates_per_class"] == max(map(len, bank.class_indices))
+    pool = s.pool_indices(1, 8, 0, size)
     assert len(pool) == 40 and len(set(pool.tolist())) == 40
-    assert not torch.equal(pool, s.pool_indices(1, 8, 1))  # a fresh subsample per clustering
+    assert not torch.equal(pool, s.pool_indices(1, 8, 1, size))  # a fresh subsample per clustering
     assert torch.equal(first[1], direct(bank, model, 1, 8, s.kmeans_seed(1, 8, 0), pool=pool))
-    assert DreamSampler(bank, 0, DreamParams()).pool_indices(1, 8, 0) is None
+    assert DreamSampler(bank, 0, DreamParams()).pool_indices(1, 8, 0, size) is None
     whole = DreamSampler(bank, 0)
     whole.indices(1, 8, net=model)
     assert whole.info()["subsampled"] is False and whole.info()["pool_size"] == len(bank.class_indices[1])
+
+
+def counting(model):
+    """``model`` with its embed() wrapped: returns the list of (rows, bf16 autocast on) per call."""
+    calls = []
+    inner = model.embed
+
+    def embed(x):
+        calls.append((len(x), torch.is_autocast_enabled("cpu")))
+        return inner(x)
+
+    model.embed = embed
+    return calls
+
+
+def test_only_a_seeded_candidate_subset_is_embedded_and_searched(bank):
+    model = net()
+    calls = counting(model)
+    params = DreamParams(candidates=40, interval=1)
+    s = DreamSampler(bank, 0, params)
+    chosen = s.batch_indices([2, 5], 8, net=model)
+    assert sum(rows for rows, _ in calls) == 80  # 40 per class, not the ~145 of each class
+    for c, got in zip((2, 5), chosen):
+        pos = s.candidate_indices(c, 8, 0)
+        assert len(pos) == 40 and torch.equal(pos, pos.sort().values)
+        assert set(got.tolist()) <= set(bank.class_indices[c][pos].tolist())
+        x = features(bank, model, c)[pos]  # DREAM on the candidates alone
+        fit = kmeans(x, 8, seed=s.kmeans_seed(c, 8, 0), init="random", niter=100, tol=1e-4)
+        assert torch.equal(got, bank.class_indices[c][pos][nearest(x, fit.centroids).reshape(-1)])
+    assert not torch.equal(s.candidate_indices(2, 8, 0), s.candidate_indices(2, 8, 1))  # fresh each time
+    again = DreamSampler(bank, 0, params).batch_indices([2, 5], 8, net=model)
+    assert all(torch.equal(a, b) for a, b in zip(chosen, again))
+    info = s.info()
+    assert info["candidates_per_class"] == 40 and info["subsampled"] is True and info["pool_size"] == 40
+
+
+def test_embedding_runs_at_the_run_precision(bank):
+    from hpcdd.select.samplers import build_sampler
+
+    for precision, autocast_on in (("fp32", False), ("bf16", True)):
+        sampler = build_sampler(resolve(tiny(sampler="dream", precision=precision, net="mlp")), bank)
+        assert isinstance(sampler, DreamSampler) and sampler.precision == precision
+        model = net()
+        calls = counting(model)
+        sampler.indices(0, 8, net=model)
+        assert calls and all(on is autocast_on for _, on in calls)
+
+
+def test_no_final_assignment_or_inertia_is_computed(bank, monkeypatch):
+    from hpcdd.select import kmeans as km
+
+    def boom(*a, **kw):
+        raise AssertionError("DREAM computed the full assignment / inertia it never reads")
+
+    monkeypatch.setattr(km, "_finish", boom)
+    for backend in ("torch", "faiss"):
+        chosen = DreamSampler(bank, 0, DreamParams(kmeans_backend=backend)).indices(0, 8, net=net())
+        assert len(chosen) == 8
+
+
+def test_dc_reclusters_the_net_its_inner_loop_is_training(monkeypatch):
+    """interval 1: one clustering per outer step; from the second on, the net has been trained."""
+    from hpcdd.distill.dc import DC
+    from hpcdd.runtime.accel import make_accelerator
+    from hpcdd.select.samplers import build_sampler
+
+    seen = []
+    real = dream_mod.embed_candidates
+    monkeypatch.setattr(dream_mod, "embed_candidates", lambda bank, model, groups, *a, **kw: seen.append(
+        [p.detach().clone() for p in model.parameters()]) or real(bank, model, groups, *a, **kw))
+    cfg = resolve(tiny(method="dc", sampler="dream", interval=1, outer_loop=3, inner_loop=1, ipc=2,
+                       batch_real=8, net="mlp"))
+    data = load_dataset("digits")
+    DC(cfg, data.train, make_accelerator(), build_sampler(cfg, data.train)).step(0)
+    fresh = [p.detach() for p in fresh_net(cfg.net, data.info, cfg.seed, "dc-net-0").parameters()]
+    assert len(seen) == 3  # every outer step clusters (all classes in one call)
+    assert all(torch.equal(a, b) for a, b in zip(seen[0], fresh))  # the fresh net
+    for later in seen[1:]:  # the net after 1 and 2 inner loops
+        assert not all(torch.equal(a, b) for a, b in zip(later, fresh))
+    assert not all(torch.equal(a, b) for a, b in zip(seen[1], seen[2]))
 
 
 def test_query_k_takes_the_top_k_nearest_per_centroid(bank):
@@ -147,7 +231,7 @@ def test_query_k_takes_the_top_k_nearest_per_centroid(bank):
     chosen = s.indices(5, 8, net=model)  # 4 centroids x 2 nearest
     assert torch.equal(chosen, direct(bank, model, 5, 4, s.kmeans_seed(5, 8, 0), query_k=2))
     x = features(bank, model, 5).double()
-    fit = kmeans(features(bank, model, 5), 4, seed=s.kmeans_seed(5, 8, 0))
+    fit = kmeans(features(bank, model, 5), 4, seed=s.kmeans_seed(5, 8, 0), init="random", niter=100, tol=1e-4)
     pos = {int(i): p for p, i in enumerate(bank.class_indices[5])}
     d = torch.cdist(fit.centroids.double(), x)
     for j, pair in enumerate(chosen.view(4, 2).tolist()):
@@ -242,8 +326,8 @@ def test_params_match_the_kmeans_module_and_own_their_names():
     assert KMEANS_BACKENDS == BACKENDS and KMEANS_INITS == INITS
     check_registries()
     assert resolve(tiny(sampler="dream")).sampler_params == {
-        "interval": 10, "query_k": 1, "kmeans_pool": None, "kmeans_iters": 20,
-        "kmeans_backend": "auto", "kmeans_init": "k-means++"}
+        "interval": 10, "query_k": 1, "candidates": 500, "kmeans_pool": None, "kmeans_iters": 100,
+        "kmeans_tol": 1e-4, "kmeans_backend": "auto", "kmeans_init": "random"}
 
 
 def test_a_method_without_a_net_is_refused(bank):
@@ -261,6 +345,10 @@ def test_dm_with_dream_runs_end_to_end_through_the_cli(tmp_path, capsys):
     assert row["sampler_reclusterings"] == 20 and row["sampler_subsampled"] is False
     assert row["sampler_kmeans_backend"] in ("faiss-cpu", "torch")
     assert row["sampler_embed_seconds"] > 0 and row["sampler_kmeans_seconds"] > 0
+    assert 0 < row["match_seconds"] < row["distill_seconds"]
+    assert row["candidates"] == 500 and row["sampler_candidates_per_class"] == max(
+        len(i) for i in load_dataset("digits").train.class_indices)  # every class is smaller
+    assert row["sampler_kmeans_iterations"] >= 20
 
 
 TINY = ["distill", "--dataset", "digits", "--ipc", "1", "--iterations", "1", "--batch-real", "8",
@@ -275,6 +363,10 @@ TINY = ["distill", "--dataset", "digits", "--ipc", "1", "--iterations", "1", "--
     (["--sampler", "dream", "--kmeans-pool", "4"], "kmeans_pool 4 is smaller than the 8 centroids"),
     (["--sampler", "dream", "--kmeans-backend", "gpu"], "kmeans_backend must be one of"),
     (["--sampler", "dream", "--kmeans-iters", "0"], "kmeans_iters must be >= 1"),
+    (["--sampler", "dream", "--candidates", "4"], "candidates 4 is smaller than the 8 centroids"),
+    (["--sampler", "dream", "--candidates", "0"], "candidates must be >= 1"),
+    (["--sampler", "dream", "--kmeans-tol", "0"], "kmeans_tol must be > 0"),
+    (["--sampler", "dream", "--kmeans-tol=-1e-3"], "kmeans_tol must be > 0"),
     (["--interval", "2"], "is not a parameter of method dm or sampler random"),
 ])
 def test_bad_values_are_one_line_and_exit_2(tmp_path, capsys, flags, words):
@@ -294,7 +386,27 @@ def test_every_dream_option_has_help_text(capsys):
     assert e.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     for flag, words in [("--interval", "Re-cluster a class"), ("--query-k", "DREAM+"),
-                        ("--kmeans-pool", "seeded subsample"), ("--kmeans-iters", "Lloyd iterations"),
-                        ("--kmeans-backend", "FAISS"), ("--kmeans-init", "k-means++")]:
+                        ("--kmeans-pool", "seeded subsample"), ("--kmeans-iters", "Iteration cap"),
+                        ("--kmeans-backend", "FAISS"), ("--kmeans-init", "k-means++"),
+                        ("--candidates", "seeded subset"), ("--kmeans-tol", "summed squared move")]:
         assert flag in text and words in text, flag
     assert "dream" in text
+
+
+def test_forced_faiss_without_faiss_is_refused_before_any_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # as if faiss were not installed
+    out = tmp_path / "r"
+    code = main([*TINY, "--sampler", "dream", "--kmeans-backend", "faiss", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "needs the faiss module" in err, err
+    assert not out.exists()  # no run.json, config.yaml or log.txt
+
+
+def test_an_error_during_the_run_is_recorded_in_the_log(tmp_path, monkeypatch):
+    def failing(*a, **kw):
+        raise ConfigError("k-means backend exploded")
+
+    monkeypatch.setattr(dream_mod, "kmeans_batched", failing)
+    with pytest.raises(ConfigError):
+        run_one(tiny(sampler="dream", net="mlp", iterations=2), tmp_path / "r", QUIET, evaluate=False)
+    assert "error: k-means backend exploded" in (tmp_path / "r" / "log.txt").read_text()

@@ -61,3 +61,65 @@ def test_report_commands_import_no_torch(tmp_path):
     assert loaded(["table", str(csv), "--protocol", "dc1000", "--where", "dataset=fashionmnist"], tmp_path) == []
     assert loaded(["plot", str(csv), "--protocol", "dc1000", "--where", "dataset=fashionmnist",
                    "-o", str(tmp_path / "p")], tmp_path) == []
+
+
+def import_graph(package: Path) -> dict[str, set[str]]:
+    """hpcdd module -> the hpcdd modules it imports anywhere in its source (function-level
+    imports included: a cycle through a lazy import is still a cycle in the layering)."""
+    import ast
+
+    mods = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for name, path in mods.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in mods else node.module
+                           for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            graph[name] |= {t for t in targets if t in mods and t != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_import_graph_has_no_cycles():
+    graph = import_graph(Path(__file__).resolve().parents[1] / "hpcdd")
+    assert "hpcdd.select.dream" in graph and "hpcdd.nets.embed" in graph["hpcdd.select.dream"]
+    assert cycles(graph) == []
+    assert cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]  # the check itself works

@@ -188,3 +188,47 @@ def test_faiss_gpu_unavailable_falls_back_to_cpu(monkeypatch):
     r = km.kmeans(blobs(20, 3), 3, seed=0, backend="faiss")
     assert r.backend == "faiss-cpu"
     assert adjusted_rand_score(truth(20, 3), r.assign.numpy()) == 1.0
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_tolerance_stops_once_the_centroids_barely_move(backend):
+    x = blobs(80, 6, spread=1.5)  # overlapping blobs: many Lloyd iterations to a fixed point
+    full = km.kmeans(x, 6, seed=2, backend=backend, init="random", niter=100)
+    loose = km.kmeans(x, 6, seed=2, backend=backend, init="random", niter=100, tol=1e3)
+    assert loose.n_iter == 1 < full.n_iter  # the first move is far below 1e3 here
+    capped = km.kmeans(x, 6, seed=2, backend=backend, init="random", niter=2, tol=1e-12)
+    assert capped.n_iter == 2  # the cap wins over a tight tolerance
+    tight = km.kmeans(x, 6, seed=2, backend=backend, init="random", niter=100, tol=1e-12)
+    torch.testing.assert_close(tight.centroids, full.centroids, rtol=1e-5, atol=1e-5)  # = fixed point
+    # the rule: stop after the first iteration whose summed squared move of the centroids is <= tol
+    steps = [km.kmeans(x, 6, seed=2, backend=backend, init="random", niter=j, tol=1e-30).centroids
+             for j in range(1, 5)]
+    moves = [float((b - a).double().pow(2).sum()) for a, b in zip(steps, steps[1:])]  # moves 2..4
+    assert moves[0] > 0
+    tol = moves[1] * 1.0001
+    want = 2 + next(i for i, m in enumerate(moves) if m <= tol)
+    assert km.kmeans(x, 6, seed=2, backend=backend, init="random", niter=100, tol=tol).n_iter == want
+
+
+def test_batched_tolerance_stops_each_problem_on_its_own():
+    xs = [blobs(n, 4, seed=s, spread=2.0) for n, s in ((30, 1), (50, 2), (20, 3))]
+    batched = km.kmeans_batched(xs, 4, seed=[1, 2, 3], backend="torch", init="random", niter=50, tol=1e-3)
+    for x, s, r in zip(xs, (1, 2, 3), batched):
+        single = km.kmeans(x, 4, seed=s, backend="torch", init="random", niter=50, tol=1e-3)
+        assert r.n_iter == single.n_iter
+        torch.testing.assert_close(r.centroids, single.centroids, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_centroids_only_skips_the_assignment_and_inertia(backend):
+    x = blobs(40, 3)
+    full = km.kmeans(x, 3, seed=4, backend=backend)
+    bare = km.kmeans(x, 3, seed=4, backend=backend, assign=False)
+    assert bare.assign is None and bare.inertia is None and bare.n_iter == full.n_iter
+    assert torch.equal(bare.centroids, full.centroids)
+
+
+def test_a_tolerance_of_zero_or_below_is_refused():
+    x = blobs(5, 2)
+    assert "tolerance" in one_line_error(lambda: km.kmeans(x, 2, seed=0, tol=0.0))
+    one_line_error(lambda: km.kmeans(x, 2, seed=0, tol=-1.0))

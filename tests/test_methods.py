@@ -118,3 +118,53 @@ def test_dm_batchnorm_net_uses_one_unchunked_all_class_forward():
         emb_syn = net.embed(torch.cat(syn)).view(data.info.num_classes, cfg.ipc, -1).mean(1)
         expected = ((emb_real - emb_syn) ** 2).sum()
         torch.testing.assert_close(d.loss(net, real, syn), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_one_batchnorm_rule_and_one_set_up_for_dm_and_dc():
+    """A BatchNorm is found by type whatever its class name, by DM and DC alike; a module that
+    only has 'BatchNorm' in its name is not one. DM and DC share the set-up and the batches."""
+    from torch import nn
+
+    from hpcdd.distill import dc as dc_mod
+    from hpcdd.distill import dm as dm_mod
+    from hpcdd.distill.base import ImageDistiller
+    from hpcdd.nets import embed
+    from hpcdd.seeding import generator
+
+    class Norm(nn.BatchNorm2d):  # a BatchNorm under another name
+        pass
+
+    class BatchNormFreeScale(nn.Module):  # not a BatchNorm, whatever its name says
+        def forward(self, x):
+            return x
+
+    net = fresh_net("convnet3", load_dataset("digits").info, 0, "t")
+    net.body.add_module("norm", Norm(128))
+    net.body.add_module("scale", BatchNormFreeScale())
+    _, _, dc = make("dc")
+    dc.bn_statistics(net, generator(0, "bn"))
+    assert not net.body.norm.training  # DC froze it for matching
+    assert net.body.scale.training  # and left the look-alike alone
+    _, _, dm = make("dm")
+    assert dm_mod.has_batchnorm(net) and not dm_mod.has_batchnorm(fresh_net("convnet3", load_dataset("digits").info, 0, "t"))
+    assert dc_mod.batchnorms is embed.batchnorms and dm_mod.has_batchnorm is embed.has_batchnorm  # one rule
+    assert type(dm).batches is type(dc).batches is ImageDistiller.batches
+    assert dm.real_chunk == dc.real_chunk and "REAL_CHUNK" not in vars(dm_mod) and "REAL_CHUNK" not in vars(dc_mod)
+    for d in (dm, dc):
+        assert d.images.shape == (20, 1, 28, 28) and d.labels.tolist() == [c for c in range(10) for _ in range(2)]
+        assert d.optimizer.param_groups[0]["params"][0] is d.images and (d.dsa is not None) == d.cfg.dsa
+
+
+def test_dm_docs_state_the_batchnorm_branch_the_code_runs():
+    """The DM docstring and README describe the BN branch as the code (and the test above) does:
+    one all-class forward, not a per-class loop."""
+    from pathlib import Path
+
+    from hpcdd.distill import dm as dm_mod
+
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    doc = " ".join(dm_mod.__doc__.split())
+    for text in (doc, readme):
+        assert "keep the per-class forward" not in text and "nets with BatchNorm keep the loop" not in text
+    assert "one forward over every class's real images at once" in doc
+    assert "BatchNorm nets take one forward over every class's real images at once" in readme

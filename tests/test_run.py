@@ -251,3 +251,32 @@ def test_quick_eval_points_are_evenly_spaced_whatever_the_budget(tmp_path):
     run_one(tiny(), tmp_path, dataclasses.replace(QUIET, eval_points=3), evaluate=False)
     evals = [r["it"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "eval_acc" in r]
     assert evals == [0, 2, 4, 6]
+
+
+def test_quick_evals_at_given_iterations_with_several_models(tmp_path, capsys):
+    import dataclasses
+
+    from hpcdd.cli import _configs, build_parser, main
+    from hpcdd.run import quick_eval_points
+
+    assert quick_eval_points(500, 0, 0, (10, 20, 45, 500, 900)) == {0, 10, 20, 45, 500}  # 900: beyond
+    assert quick_eval_points(10, 0, 2, (3,)) == {0, 3, 5, 10}
+    cfg = tiny(net="mlp", iterations=2)
+    run_one(cfg, tmp_path / "a", dataclasses.replace(QUIET, eval_at=(1,), eval_point_n=2), evaluate=False)
+    rows = [r for r in map(json.loads, (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()) if "eval_acc" in r]
+    assert [r["it"] for r in rows] == [0, 1]
+    for r in rows:
+        assert len(r["eval_accs"]) == 2 and r["eval_acc"] == pytest.approx(sum(r["eval_accs"]) / 2)
+        assert r["eval_seconds"] > 0 and r["eval_model"] == "mlp"
+    run_one(cfg, tmp_path / "b", dataclasses.replace(QUIET, eval_at=(1,)), evaluate=False)
+    one = [r for r in map(json.loads, (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) if "eval_acc" in r]
+    assert [r["eval_accs"] for r in one] == [r["eval_accs"][:1] for r in rows]  # model 0 is the one-model eval
+    args = build_parser().parse_args(["distill", "--eval-at", "1,4", "--eval-point-n", "2", "--out", "x"])
+    assert _configs(args, {}, "command line")[2].eval_at == (1, 4)
+    for bad, words in ((["--eval-point-n", "0"], "eval_point_n must be >= 1"), (["--eval-at", "x"], "--eval-at")):
+        try:
+            code = main(["distill", "--dataset", "digits", "--no-eval", *bad, "--out", str(tmp_path / "d")])
+        except SystemExit as e:
+            code = e.code
+        err = capsys.readouterr().err
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err

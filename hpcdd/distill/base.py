@@ -12,9 +12,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from torch import nn
 
+from hpcdd.augment import DSA
 from hpcdd.config import RunConfig, from_dict
 from hpcdd.data import ClassBank
+from hpcdd.distill.common import class_labels, initial_images
+from hpcdd.nets.embed import REAL_CHUNK
 from hpcdd.sources import ImageSource, Source, SyntheticSet
 from hpcdd.specs import METHODS
 
@@ -64,11 +68,49 @@ class Distiller(ABC):
 class ImageDistiller(Distiller):
     """A method that optimises a fixed image set ``self.images`` (labels ``self.labels``) with
     ``self.optimizer``: its checkpoint state and its synthetic set are those two tensors' and the
-    optimizer's."""
+    optimizer's.
+
+    :meth:`setup_images` and :meth:`batches` are the set-up and the per-class siamese batches that
+    DM, DC and DSA share; a subclass calls ``setup_images()`` in its ``__init__`` (or builds the
+    three attributes itself).
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
     optimizer: torch.optim.Optimizer
+    num_classes: int
+    dsa: DSA | None = None
+    real_chunk: int = REAL_CHUNK
+    """Real images per no-grad/no-graph forward chunk (:data:`hpcdd.nets.embed.REAL_CHUNK`)."""
+
+    def setup_images(self) -> None:
+        """``cfg.ipc`` images per class from ``params.init`` (class-major) and their labels, SGD on
+        the pixels (``params.lr_img``, ``params.momentum_img``), and the DSA augmentation when
+        ``cfg.dsa`` is on."""
+        cfg, p = self.cfg, self.params
+        self.num_classes = self.data.info.num_classes
+        init = initial_images(self.data, cfg, p.init, self.device)
+        self.images = init.to(self.device).requires_grad_(True)
+        self.labels = class_labels(self.num_classes, cfg.ipc)
+        self.optimizer = torch.optim.SGD([self.images], lr=p.lr_img, momentum=p.momentum_img)
+        self.dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
+
+    def batches(self, net: nn.Module, gen: torch.Generator) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per class: the real batch the sampler picks for ``net`` (``cfg.batch_real`` images, all
+        classes in one ``batch_indices`` call) and the class's synthetic images, with one siamese
+        DSA draw from ``gen`` per class applied to both when DSA is on."""
+        cfg, ipc = self.cfg, self.cfg.ipc
+        chosen = self.sampler.batch_indices(range(self.num_classes), cfg.batch_real, net=net)
+        real, syn = [], []
+        for c, idx in enumerate(chosen):
+            r = self.data.images(idx).to(self.device)
+            s = self.images[c * ipc : (c + 1) * ipc]
+            if self.dsa is not None:
+                draw = self.dsa.draw(1, gen, batchmode=True, im_size=r.shape[-1])
+                r, s = self.dsa.apply(r, draw), self.dsa.apply(s, draw)
+            real.append(r)
+            syn.append(s)
+        return real, syn
 
     def state_dict(self) -> dict[str, Any]:
         return {"images": self.images.detach().cpu().clone(), "optimizer": self.optimizer.state_dict()}

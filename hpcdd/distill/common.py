@@ -1,40 +1,15 @@
-"""Helpers shared by several methods."""
+"""Helpers shared by several methods: the initial synthetic images and their labels.
+
+Running a net for its features (precision, chunked no-grad ``embed()``, the BatchNorm rule) lives
+one layer down, in :mod:`hpcdd.nets.embed`, which the samplers share.
+"""
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
-from torch import nn
 
+from hpcdd.nets.embed import autocast, embed_nograd, has_batchnorm  # noqa: F401 (moved there; kept for importers)
 from hpcdd.seeding import generator
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast when asked for, else a no-op context."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def has_batchnorm(net: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
-
-
-@torch.no_grad()
-def embed_nograd(
-    net: nn.Module, x: torch.Tensor, chunk: int = 128, precision: str = "fp32"
-) -> torch.Tensor:
-    """``net.embed(x)`` without autograd, in chunks (bounded activation memory), as float32.
-
-    Chunking changes nothing for per-sample-normalised nets (GroupNorm); with BatchNorm in train
-    mode the statistics would become per-chunk, so callers pass ``chunk=len(x)`` for those.
-    """
-    outs = []
-    with autocast(x.device, precision):
-        for start in range(0, x.shape[0], chunk):
-            outs.append(net.embed(x[start : start + chunk]).float())
-    return torch.cat(outs) if outs else x.new_zeros((0,))
 
 
 def initial_images(bank, cfg, init: str, device: torch.device) -> torch.Tensor:

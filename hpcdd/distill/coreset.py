@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from hpcdd.distill.base import Distiller, SyntheticSet
-from hpcdd.distill.common import embed_nograd
+from hpcdd.nets.embed import embed_nograd
 from hpcdd.seeding import fresh_net, generator
 
 

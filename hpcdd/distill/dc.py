@@ -42,14 +42,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpcdd.augment import DSA
 from hpcdd.distill.base import ImageDistiller
-from hpcdd.distill.common import autocast, class_labels, initial_images
+from hpcdd.nets.embed import autocast, batchnorms
 from hpcdd.seeding import fresh_net, generator
 from hpcdd.specs.dc import loops
 
-REAL_CHUNK = 128
-"""Real images per forward/backward chunk of the real-gradient pass (see bench/bench_dc.py)."""
 BN_SIZE_PC = 16
 """Real images per class for the BatchNorm statistics (official ``BNSizePC``)."""
 EPS = 1e-6
@@ -91,25 +88,13 @@ def match_loss(gw_syn: Sequence[torch.Tensor], gw_real: Sequence[torch.Tensor], 
     raise ValueError(f"unknown dis_metric {metric!r}")
 
 
-def batchnorms(net: nn.Module) -> list[nn.Module]:
-    """The modules the official code treats as BatchNorm ('BatchNorm' in the class name)."""
-    return [m for m in net.modules() if "BatchNorm" in m._get_name()]
-
-
 class DC(ImageDistiller):
     """Declared in :mod:`hpcdd.specs.dc` as ``dc`` (dsa off) and ``dsa`` (dsa on)."""
 
     def __init__(self, cfg, data, accelerator, sampler, artefacts=None) -> None:
         super().__init__(cfg, data, accelerator, sampler, artefacts)
-        p = self.params
-        self.num_classes = data.info.num_classes
-        self.outer_loop, self.inner_loop = loops(cfg.ipc, p.outer_loop, p.inner_loop)
-        init = initial_images(data, cfg, p.init, self.device)
-        self.images = init.to(self.device).requires_grad_(True)
-        self.labels = class_labels(self.num_classes, cfg.ipc)
-        self.optimizer = torch.optim.SGD([self.images], lr=p.lr_img, momentum=p.momentum_img)
-        self.dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
-        self.real_chunk = REAL_CHUNK
+        self.outer_loop, self.inner_loop = loops(cfg.ipc, self.params.outer_loop, self.params.inner_loop)
+        self.setup_images()
         self.batched = True
         """Synthetic gradients of all classes in one ``vmap`` pass (False: the per-class loop)."""
 
@@ -145,28 +130,14 @@ class DC(ImageDistiller):
     @torch.no_grad()
     def bn_statistics(self, net: nn.Module, gen: torch.Generator) -> None:
         """Official BN handling: a train-mode forward of BN_SIZE_PC real images per class (the
-        running statistics take one EMA step), then every BatchNorm in eval mode."""
+        running statistics take one EMA step), then every BatchNorm in eval mode. Which layers
+        are BatchNorm: :func:`hpcdd.nets.embed.batchnorms` (by type, the rule DM uses too; the
+        official code matches 'BatchNorm' in the class name, the same layers for its nets)."""
         idx = torch.cat([self.data.sample(c, BN_SIZE_PC, gen) for c in range(self.num_classes)])
         net.train()
         net(self.data.images(idx).to(self.device))
         for m in batchnorms(net):
             m.eval()
-
-    def batches(self, net: nn.Module, gen: torch.Generator) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per class: the real batch from the sampler and the synthetic images, with one siamese
-        DSA draw per class applied to both when DSA is on."""
-        cfg, ipc = self.cfg, self.cfg.ipc
-        chosen = self.sampler.batch_indices(range(self.num_classes), cfg.batch_real, net=net)
-        real, syn = [], []
-        for c, idx in enumerate(chosen):
-            r = self.data.images(idx).to(self.device)
-            s = self.images[c * ipc : (c + 1) * ipc]
-            if self.dsa is not None:
-                draw = self.dsa.draw(1, gen, batchmode=True, im_size=r.shape[-1])
-                r, s = self.dsa.apply(r, draw), self.dsa.apply(s, draw)
-            real.append(r)
-            syn.append(s)
-        return real, syn
 
     # -- gradient matching --------------------------------------------------------------------------
     def match(self, net: nn.Module, real: list[torch.Tensor], syn: list[torch.Tensor],
@@ -250,4 +221,4 @@ class DC(ImageDistiller):
         return float(total.item()) / n
 
 
-__all__ = ["DC", "match_loss", "batchnorms", "REAL_CHUNK", "BN_SIZE_PC"]
+__all__ = ["DC", "match_loss", "BN_SIZE_PC"]

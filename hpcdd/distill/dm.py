@@ -9,23 +9,21 @@ Faithful to the official code (defaults: 20000 iterations, image SGD lr 1.0 mome
 
 * The real images need no gradient, so they are embedded under ``no_grad`` in chunks
   (bounded activation memory) instead of building a graph and detaching it.
-* All classes go through the net in **one batched forward** instead of a per-class loop.
-  For nets that normalise per sample (ConvNet's GroupNorm "instancenorm") this is the same
-  loss; nets with BatchNorm keep the per-class forward, since batch statistics would mix
-  classes. ``tests/test_methods.py`` checks that the two agree.
+* All classes go through the net in **one batched forward** instead of the official per-class
+  loop. For nets that normalise per sample (ConvNet's GroupNorm "instancenorm") this is the same
+  loss (``tests/test_methods.py`` checks that the two agree). Nets with BatchNorm take the
+  official ``'BN' in model`` branch: one forward over every class's real images at once, not
+  chunked (the batch statistics span all classes, as in the official code), and one over every
+  class's synthetic images (``tests/test_methods.py`` checks this too).
 """
 
 from __future__ import annotations
 
 import torch
 
-from hpcdd.augment import DSA
 from hpcdd.distill.base import ImageDistiller
-from hpcdd.distill.common import class_labels, embed_nograd, has_batchnorm, initial_images
+from hpcdd.nets.embed import embed_nograd, has_batchnorm
 from hpcdd.seeding import fresh_net, generator
-
-REAL_CHUNK = 128
-"""Images per no-grad forward chunk of the real batch (see bench/bench_dm.py)."""
 
 
 class DM(ImageDistiller):
@@ -33,15 +31,7 @@ class DM(ImageDistiller):
 
     def __init__(self, cfg, data, accelerator, sampler, artefacts=None) -> None:
         super().__init__(cfg, data, accelerator, sampler, artefacts)
-        info = data.info
-        self.num_classes = info.num_classes
-        init = initial_images(data, cfg, self.params.init, self.device)
-        self.images = init.to(self.device).requires_grad_(True)
-        self.labels = class_labels(self.num_classes, cfg.ipc)
-        self.optimizer = torch.optim.SGD([self.images], lr=self.params.lr_img,
-                                         momentum=self.params.momentum_img)
-        self.dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
-        self.real_chunk = REAL_CHUNK
+        self.setup_images()
 
     # -- one iteration ------------------------------------------------------------------------
     def step(self, it: int) -> dict[str, float]:
@@ -50,18 +40,7 @@ class DM(ImageDistiller):
         net.train()
         for p in net.parameters():
             p.requires_grad_(False)
-        aug_gen = generator(cfg.seed, f"dm-dsa-{it}")
-        real, syn = [], []
-        chosen = self.sampler.batch_indices(range(self.num_classes), cfg.batch_real, net=net)
-        for c, idx in enumerate(chosen):
-            img_real = self.data.images(idx).to(self.device)
-            img_syn = self.images[c * cfg.ipc : (c + 1) * cfg.ipc]
-            if self.dsa is not None:
-                draw = self.dsa.draw(1, aug_gen, batchmode=True, im_size=img_real.shape[-1])
-                img_real = self.dsa.apply(img_real, draw)
-                img_syn = self.dsa.apply(img_syn, draw)
-            real.append(img_real)
-            syn.append(img_syn)
+        real, syn = self.batches(net, generator(cfg.seed, f"dm-dsa-{it}"))
         loss = self.loss(net, real, syn)
         if not torch.isfinite(loss):
             return {"loss": float(loss.item())}  # run.py stops on a non-finite loss

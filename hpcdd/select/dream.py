@@ -9,34 +9,51 @@ selection is returned. Parameters: :class:`hpcdd.specs.samplers.DreamParams`.
 What runs, per call of ``batch_indices(classes, n, net)``:
 
 * The classes that are due (never clustered for this ``n``, or ``interval`` calls since their
-  last clustering) are embedded in one pass (every image of each such class, through
-  ``embed_nograd`` in chunks) and clustered in ONE :func:`~hpcdd.select.kmeans.kmeans_batched`
-  call; the others return their cached selection. Each ``(class, n)`` pair keeps its own call
-  counter, so a method that asks for two batch sizes (e.g. a BatchNorm warm-up batch) does not
-  reset the other's schedule.
-* **Eval mode while embedding.** The net's modules are switched to ``eval()`` for the pass and
-  restored afterwards: for BatchNorm nets this uses the running statistics instead of updating
-  them (no side effect on the matching net, and chunking cannot change the features); for
-  GroupNorm/InstanceNorm ConvNets (the default) modes change nothing. The official code embeds
-  in whatever mode the IDC model is in.
-* **k-means**: seeded greedy k-means++ and ``kmeans_iters`` Lloyd iterations by default (the
-  choice ``hpcdd.select.kmeans`` measured; the official code uses ``fast_pytorch_kmeans`` with a
-  random init and up to 100 iterations, ``kmeans_init: random`` is available). ``kmeans_pool``
-  clusters a seeded subsample of each class; the representatives are still searched among every
-  sample of the class.
-* **Representatives**: per centroid, the ``query_k`` nearest samples of the class (nearest
-  first, centroid by centroid; ``query_k`` = 1 is DREAM, > 1 is DREAM+'s ``query_match`` with
-  ``n // query_k`` centroids). Like the official code, a sample nearest two centroids is kept
-  twice (``info()['duplicates']`` counts such repeats).
+  last clustering) are re-clustered together; the others return their cached selection. Each
+  ``(class, n)`` pair keeps its own call counter, so a method that asks for two batch sizes does
+  not reset the other's schedule.
+* **Candidates.** Per due class a seeded subset of at most ``candidates`` images (a fresh one
+  at every clustering; null: the whole class, as the official code) is embedded in no-grad
+  chunks of ``EMBED_CHUNK`` images at the run's ``precision`` (bf16 autocast when the run uses
+  it). What it saves: the official code embeds every image of every
+  class, 23x a DM iteration's real batch on Fashion-MNIST (see ``bench/bench_dream.py``).
+* **Eval mode while embedding** (:func:`hpcdd.nets.embed.eval_mode`): BatchNorm uses its running
+  statistics and is left untouched (no side effect on the matching net, and chunking cannot
+  change the features); for GroupNorm ConvNets (the default) modes change nothing.
+* **k-means**: all due classes in ONE :func:`~hpcdd.select.kmeans.kmeans_batched` call (torch:
+  one batched Lloyd step for all; FAISS: one shared index), ``kmeans_init`` random by default
+  (the official ``fast_pytorch_kmeans`` setting, with its tolerance ``kmeans_tol`` and cap
+  ``kmeans_iters``), k-means++ on request. Only the centroids are computed (``assign=False``):
+  DREAM never reads the final assignment or the inertia. ``kmeans_pool`` fits on a seeded
+  subsample of the candidates.
+* **Representatives**: per centroid, the ``query_k`` nearest candidates (nearest first, centroid
+  by centroid; ``query_k`` = 1 is DREAM, > 1 is DREAM+'s ``query_match`` with ``n // query_k``
+  centroids). Like the official code, a sample nearest two centroids is kept twice
+  (``info()['duplicates']`` counts such repeats).
+* **When the official code clusters** (``condense.py`` of lyq312318224/DREAM, an IDC plug-in):
+  every outer iteration draws a fresh net (``fix_iter`` 1) and runs ``inner_loop`` (100) steps of
+  [per-class matching and an image update, then a net update on real data]; each class is
+  re-clustered at the steps with ``ot % interval == 0`` (0, 10, ..., 90): 10 clusterings per net,
+  9 of them on the partly trained net, never a selection carried to another net. Here
+  ``interval`` counts sampler calls: DM (a fresh net per call) clusters every 10th net; DC/DSA
+  call once per outer step, so ``interval: 1`` at ipc 10 (10 outer steps per net) clusters every
+  outer step, 9 of 10 on the net the inner loop is training, as the official code; at ipc 1 the
+  net is never trained before its one matching step.
+* **Embeddings are not reused across clusterings**: no built-in method calls the sampler twice
+  with an unchanged net (DM draws a fresh net every step, DC/DSA train theirs between outer
+  steps, the generative methods train the pool model before every step); within one call every
+  due class is embedded once.
 * **Refused** (one-line ``ConfigError`` at the first call, see
-  :func:`hpcdd.specs.samplers.check_dream`): ``n`` not a multiple of ``query_k``, a pool smaller
-  than the centroids, ``n`` larger than a class (k-means cannot place more centroids than
-  samples; use ``sampler: random``, which returns the whole class), and a call without a net.
+  :func:`hpcdd.specs.samplers.check_dream`): ``n`` not a multiple of ``query_k``, candidates or a
+  pool smaller than the centroids, ``n`` larger than a class, and a call without a net.
 * **Seeds.** One base seed is drawn from ``self.generator`` (the run seed's sampler generator);
-  the k-means seed and the pool subsample of class ``c`` at its ``r``-th clustering for batch
-  size ``n`` derive from it and ``(c, n, r)`` only. Batching classes together or apart, and
+  the candidates, the pool and the k-means seed of class ``c`` at its ``r``-th clustering for
+  batch size ``n`` derive from it and ``(c, n, r)`` only. Batching classes together or apart, and
   resuming, therefore cannot change a selection. ``state_dict`` holds the cached selections,
   counters, statistics and generator state.
+* **Timing**: ``embed_seconds`` and ``kmeans_seconds`` (k-means and the nearest-sample search)
+  in ``info()``, both synchronised on a GPU; :meth:`seconds` is their sum, which ``run.py``
+  subtracts from the distillation loop's time to give the row's ``match_seconds``.
 
 :func:`kmeans_init_indices` is ``init: kmeans`` (DREAM's ``--init kmean``): per class, the
 ``ipc`` real samples nearest the centroids of a seeded fresh net's embeddings.
@@ -53,15 +70,15 @@ from torch import nn
 
 from hpcdd.config import from_dict
 from hpcdd.data import ClassBank
-from hpcdd.distill.common import embed_nograd
 from hpcdd.errors import ConfigError
+from hpcdd.nets.embed import embed_nograd, eval_mode
 from hpcdd.select.kmeans import kmeans_batched, nearest
 from hpcdd.select.samplers import Sampler
 from hpcdd.seeding import derive_seed, fresh_net, generator
 from hpcdd.specs.samplers import DreamParams, check_dream
 
 EMBED_CHUNK = 256
-"""Images per no-grad forward chunk while embedding a class (eval mode: chunking is exact)."""
+"""Images per no-grad forward chunk while embedding candidates (eval mode: chunking is exact)."""
 
 
 @dataclass
@@ -77,14 +94,16 @@ class _Slot:
 class DreamSampler(Sampler):
     """Declared in :mod:`hpcdd.specs.samplers` (parameters: ``DreamParams``)."""
 
-    def __init__(self, bank: ClassBank, seed: int, params: DreamParams | None = None) -> None:
-        super().__init__(bank, seed, params if params is not None else DreamParams())
+    def __init__(self, bank: ClassBank, seed: int, params: DreamParams | None = None,
+                 precision: str = "fp32") -> None:
+        super().__init__(bank, seed, params if params is not None else DreamParams(), precision)
         self.base_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
         self._slots: dict[tuple[int, int], _Slot] = {}
         self._checked: set[int] = set()
         self.stats: dict[str, Any] = {
-            "reclusterings": 0, "subsampled": False, "pool_size": 0, "duplicates": 0,
-            "kmeans_backend": "", "embed_seconds": 0.0, "kmeans_seconds": 0.0,
+            "reclusterings": 0, "subsampled": False, "candidates_per_class": 0, "pool_size": 0,
+            "duplicates": 0, "kmeans_backend": "", "kmeans_iterations": 0,
+            "embed_seconds": 0.0, "kmeans_seconds": 0.0,
         }
 
     # -- seeds --------------------------------------------------------------------------------
@@ -92,14 +111,16 @@ class DreamSampler(Sampler):
         """The k-means seed of class ``c``'s ``r``-th clustering (0-based) for batch size ``n``."""
         return derive_seed(self.base_seed, f"dream-kmeans:c{c}:n{n}:r{r}")
 
-    def pool_indices(self, c: int, n: int, r: int) -> torch.Tensor | None:
-        """Positions (within class ``c``) of the samples clustered at that clustering, or None
-        when the whole class is clustered (no ``kmeans_pool``, or a class no larger than it)."""
-        size, pool = len(self.bank.class_indices[c]), self.params.kmeans_pool
-        if pool is None or pool >= size:
-            return None
-        g = generator(self.base_seed, f"dream-pool:c{c}:n{n}:r{r}")
-        return torch.randperm(size, generator=g)[:pool].sort().values
+    def candidate_indices(self, c: int, n: int, r: int) -> torch.Tensor | None:
+        """Positions (within class ``c``, sorted) of the candidates of that clustering, or None
+        when the whole class is a candidate (``candidates`` null, or a class no larger)."""
+        return _subset(len(self.bank.class_indices[c]), self.params.candidates,
+                       generator(self.base_seed, f"dream-candidates:c{c}:n{n}:r{r}"))
+
+    def pool_indices(self, c: int, n: int, r: int, size: int) -> torch.Tensor | None:
+        """Positions (within the ``size`` candidates, sorted) clustered at that clustering, or
+        None when all are (no ``kmeans_pool``, or no more candidates than it)."""
+        return _subset(size, self.params.kmeans_pool, generator(self.base_seed, f"dream-pool:c{c}:n{n}:r{r}"))
 
     # -- sampling -----------------------------------------------------------------------------
     def indices(self, c: int, n: int, net: nn.Module | None = None) -> torch.Tensor:
@@ -138,24 +159,30 @@ class DreamSampler(Sampler):
     def _recluster(self, due: list[int], n: int, net: nn.Module) -> None:
         p = self.params
         rounds = [self._slots[(c, n)].calls // p.interval for c in due]
+        cands = [_positions(len(self.bank.class_indices[c]), self.candidate_indices(c, n, r))
+                 for c, r in zip(due, rounds)]
         device = next(net.parameters()).device
         t0 = _clock(device)
-        feats = embed_classes(self.bank, net, due)
+        feats = embed_candidates(self.bank, net, [self.bank.class_indices[c][pos] for c, pos in zip(due, cands)],
+                                 self.precision)
         t1 = _clock(device)
-        pools = [self.pool_indices(c, n, r) for c, r in zip(due, rounds)]
+        pools = [self.pool_indices(c, n, r, len(f)) for c, r, f in zip(due, rounds, feats)]
         train = [f if s is None else f[s.to(f.device)] for f, s in zip(feats, pools)]
         seeds = [self.kmeans_seed(c, n, r) for c, r in zip(due, rounds)]
-        picks, backend = select_nearest(feats, train, n // p.query_k, p.query_k, seeds, p)
+        picks, backend, iters = select_nearest(feats, train, n // p.query_k, p.query_k, seeds, p)
         t2 = _clock(device)
-        for c, pick in zip(due, picks):
-            chosen = self.bank.class_indices[c][pick]
+        for c, pos, pick in zip(due, cands, picks):
+            chosen = self.bank.class_indices[c][pos[pick]]
             self._slots[(c, n)].indices = chosen
             self.stats["duplicates"] += len(chosen) - len(torch.unique(chosen))
         st = self.stats
         st["reclusterings"] += len(due)
-        st["subsampled"] = st["subsampled"] or any(s is not None for s in pools)
+        st["subsampled"] = st["subsampled"] or any(
+            len(t) < len(self.bank.class_indices[c]) for c, t in zip(due, train))
+        st["candidates_per_class"] = max(st["candidates_per_class"], *(len(f) for f in feats))
         st["pool_size"] = max(st["pool_size"], *(len(t) for t in train))
         st["kmeans_backend"] = backend
+        st["kmeans_iterations"] += sum(iters)
         st["embed_seconds"] += t1 - t0
         st["kmeans_seconds"] += t2 - t1
 
@@ -169,46 +196,66 @@ class DreamSampler(Sampler):
         super().load_state_dict(state)
         self.base_seed = int(state["base_seed"])
         self._slots = {(int(s["c"]), int(s["n"])): _Slot(int(s["calls"]), s["indices"]) for s in state["slots"]}
-        self.stats = dict(state["stats"])
+        self.stats = {**self.stats, **state["stats"]}  # keys added since that checkpoint start at 0
 
     def info(self) -> dict[str, Any]:
         """Written to result rows as ``sampler_<key>``: re-clusterings (class clusterings run),
-        subsampled (whether any clustering used a ``kmeans_pool`` subsample), pool_size (most
-        samples clustered for one class), duplicates (repeated picks), the k-means backend that
-        ran, and the seconds spent embedding and clustering (whole run, resumes included)."""
+        subsampled (whether any clustering used fewer than the whole class), candidates_per_class
+        (most candidates embedded for one class), pool_size (most samples clustered for one
+        class), duplicates (repeated picks), the k-means backend that ran, kmeans_iterations
+        (Lloyd iterations, all clusterings), and the seconds spent embedding and in k-means with
+        the nearest-sample search (whole run, resumes included)."""
         out = dict(self.stats)
         out["embed_seconds"] = round(out["embed_seconds"], 3)
         out["kmeans_seconds"] = round(out["kmeans_seconds"], 3)
         return out
+
+    def seconds(self) -> float:
+        """Seconds spent choosing real samples: embedding plus k-means (whole run)."""
+        return float(self.stats["embed_seconds"] + self.stats["kmeans_seconds"])
 
 
 # ----------------------------------------------------------------------------------------------
 # shared by the sampler and init: kmeans
 
 
-def embed_classes(bank: ClassBank, net: nn.Module, classes: Sequence[int],
-                  chunk: int = EMBED_CHUNK) -> list[torch.Tensor]:
-    """``embed()`` features ``(size_c, d)`` of every image of each class, on the net's device,
+def embed_candidates(bank: ClassBank, net: nn.Module, groups: Sequence[torch.Tensor], precision: str = "fp32",
+                     chunk: int = EMBED_CHUNK) -> list[torch.Tensor]:
+    """``embed()`` features ``(len(g), d)`` of the images at each group of dataset indices, in
+    no-grad chunks of ``chunk`` images of one group (so a group's features never depend on the
+    others: batching classes cannot change a selection) at ``precision``, on the net's device,
     with every module in eval mode (restored afterwards)."""
     device = next(net.parameters()).device
-    modes = [m.training for m in net.modules()]
-    net.eval()
-    try:
-        return [embed_nograd(net, bank.images(bank.class_indices[c]).to(device), chunk) for c in classes]
-    finally:
-        for m, mode in zip(net.modules(), modes):
-            m.training = mode
+    out = []
+    with eval_mode(net):  # images are normalised chunk by chunk: memory stays one chunk's
+        for idx in groups:
+            parts = [embed_nograd(net, bank.images(idx[s : s + chunk]).to(device), chunk, precision)
+                     for s in range(0, len(idx), chunk)]
+            out.append(torch.cat(parts))
+    return out
 
 
 def select_nearest(feats: list[torch.Tensor], train: list[torch.Tensor], k: int, query_k: int,
-                   seeds: list[int], params: DreamParams) -> tuple[list[torch.Tensor], str]:
-    """One batched k-means (k centroids per problem, fitted on ``train[i]``) and, per centroid,
-    the ``query_k`` nearest rows of ``feats[i]``: CPU int64 positions ``(k * query_k,)``, centroid
-    by centroid, nearest first; and the backend that ran."""
-    results = kmeans_batched(train, k, seed=seeds, niter=params.kmeans_iters,
-                             backend=params.kmeans_backend, init=params.kmeans_init)
+                   seeds: list[int], params: DreamParams) -> tuple[list[torch.Tensor], str, list[int]]:
+    """One batched k-means (k centroids per problem, fitted on ``train[i]``, no final assignment)
+    and, per centroid, the ``query_k`` nearest rows of ``feats[i]``: CPU int64 positions
+    ``(k * query_k,)``, centroid by centroid, nearest first; the backend that ran; the Lloyd
+    iterations of each problem."""
+    results = kmeans_batched(train, k, seed=seeds, niter=params.kmeans_iters, backend=params.kmeans_backend,
+                             init=params.kmeans_init, tol=params.kmeans_tol, assign=False)
     picks = [nearest(f, r.centroids, query_k).reshape(-1).cpu() for f, r in zip(feats, results)]
-    return picks, results[0].backend
+    return picks, results[0].backend, [r.n_iter for r in results]
+
+
+def _subset(size: int, limit: int | None, gen: torch.Generator) -> torch.Tensor | None:
+    """A sorted seeded subset of ``limit`` of ``range(size)``, or None when ``limit`` keeps all."""
+    if limit is None or limit >= size:
+        return None
+    return torch.randperm(size, generator=gen)[:limit].sort().values
+
+
+def _positions(size: int, subset: torch.Tensor | None) -> torch.Tensor:
+    return torch.arange(size) if subset is None else subset
 
 
 def _clock(device: torch.device) -> float:
@@ -222,26 +269,31 @@ def kmeans_init_indices(bank: ClassBank, cfg: Any, device: torch.device) -> torc
     """``init: kmeans``: per class, the ``cfg.ipc`` samples nearest the k-means centroids
     (k = ipc) of a seeded fresh ``cfg.net``'s ``embed()`` features; dataset indices, class-major.
 
-    The k-means settings are the run's ``sampler: dream`` parameters when it uses that sampler,
-    else DREAM's defaults. Unlike the sampler (and the official code), a sample nearest two
-    centroids is taken once: the later centroid takes its nearest sample not yet taken, since
-    two identical synthetic images would stay identical under siamese augmentation.
+    The k-means and candidate settings are the run's ``sampler: dream`` parameters when it uses
+    that sampler, else DREAM's defaults (``candidates``: a seeded subset of each class, null: the
+    whole class as in the official code). Unlike the sampler (and the official code), a sample
+    nearest two centroids is taken once: the later centroid takes its nearest sample not yet
+    taken, since two identical synthetic images would stay identical under siamese augmentation.
     """
     params = from_dict(DreamParams, cfg.sampler_params, where="sampler dream parameters") \
         if cfg.sampler == "dream" else DreamParams()
     net = fresh_net(cfg.net, bank.info, cfg.seed, "init-kmeans", device)
     classes = list(range(bank.info.num_classes))
-    feats = embed_classes(bank, net, classes)
+    limit = None if params.candidates is None else max(params.candidates, cfg.ipc)
+    cands = [_positions(len(bank.class_indices[c]), _subset(len(bank.class_indices[c]), limit,
+                                                           generator(cfg.seed, f"init-kmeans-candidates:c{c}")))
+             for c in classes]
+    feats = embed_candidates(bank, net, [bank.class_indices[c][pos] for c, pos in zip(classes, cands)],
+                             cfg.precision)
     train = []
     for c, f in zip(classes, feats):
-        pool = params.kmeans_pool
-        if pool is not None and max(pool, cfg.ipc) < len(f):
-            g = generator(cfg.seed, f"init-kmeans-pool:c{c}")
-            f = f[torch.randperm(len(f), generator=g)[: max(pool, cfg.ipc)].sort().values.to(f.device)]
-        train.append(f)
+        pool = None if params.kmeans_pool is None else max(params.kmeans_pool, cfg.ipc)
+        sub = _subset(len(f), pool, generator(cfg.seed, f"init-kmeans-pool:c{c}"))
+        train.append(f if sub is None else f[sub.to(f.device)])
     seeds = [derive_seed(cfg.seed, f"init-kmeans:c{c}") for c in classes]
-    cands, _ = select_nearest(feats, train, cfg.ipc, cfg.ipc, seeds, params)
-    parts = [bank.class_indices[c][_distinct(cand.view(cfg.ipc, cfg.ipc))] for c, cand in zip(classes, cands)]
+    picks, _, _ = select_nearest(feats, train, cfg.ipc, cfg.ipc, seeds, params)
+    parts = [bank.class_indices[c][pos[_distinct(pick.view(cfg.ipc, cfg.ipc))]]
+             for c, pos, pick in zip(classes, cands, picks)]
     return torch.cat(parts)
 
 
@@ -254,4 +306,4 @@ def _distinct(cand: torch.Tensor) -> torch.Tensor:
     return torch.tensor(taken, dtype=torch.int64)
 
 
-__all__ = ["DreamSampler", "kmeans_init_indices", "embed_classes", "select_nearest", "EMBED_CHUNK"]
+__all__ = ["DreamSampler", "kmeans_init_indices", "embed_candidates", "select_nearest", "EMBED_CHUNK"]

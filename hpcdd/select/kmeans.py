@@ -10,23 +10,20 @@ Choices (measured with ``bench/bench_kmeans.py`` on 60000 x 2048 Fashion-MNIST C
 features, k=256, against scikit-learn ``KMeans(n_init=1, init="k-means++")``; see
 ``bench/KMEANS.md``):
 
-- **Init: seeded greedy k-means++, shared by both backends.** Each new centre draws
-  ``n_local_trials`` candidates (default ``2 + int(log k)``, scikit-learn's rule) with probability
-  proportional to the squared distance to the nearest chosen centre and keeps the one that
-  lowers the potential most. It runs in torch (any device) on at most
-  ``init_points_per_centroid * k`` points (default 64 * k, a seeded subset above that; DREAM's
-  ~5000-point classes always use every point) and its centroids are handed to FAISS through
-  ``faiss.Clustering.centroids``, which works on every FAISS release (FAISS's own
-  ``init_method`` is recent) and makes the backends start identically. Inertia relative to
-  scikit-learn run to convergence, after <= 20 iterations: per class (6000 x 2048) FAISS's
-  default random init 1.023 (it starts 1.65x worse), plain k-means++ (``n_local_trials=1``)
-  1.006, greedy k-means++ 0.998; on the whole set FAISS's default and ours both reach 1.004.
-  ``init="random"`` (k distinct samples, what the official DREAM code does) is kept for comparison.
-- **Iterations: ``niter=DEFAULT_NITER`` (20) Lloyd iterations**, stopping early at a fixed
-  point (torch: no assignment changed; FAISS 1.15 also stops once its objective stops
-  improving, 18-20 iterations per class in the bench; older releases run all ``niter``). Greedy
-  k-means++ is within 0.2% of its 40-iteration value by then; scikit-learn needs ~20
-  iterations per class and 81 on the whole set to meet its tolerance.
+- **Init: seeded greedy k-means++ (the API default), or ``init="random"``** (k distinct
+  samples: the official DREAM code's, and DREAM's default here, 6-9x cheaper on its per-class
+  candidate problems, see ``bench/KMEANS.md``). Greedy k-means++ draws ``n_local_trials``
+  candidates per centre (default ``2 + int(log k)``, scikit-learn's rule) in proportion to the
+  squared distance to the chosen centres and keeps the one that lowers the potential most, in
+  torch on at most ``init_points_per_centroid * k`` points (a seeded subset above); either init
+  is handed to FAISS through ``faiss.Clustering.centroids`` (every FAISS release), so the
+  backends start identically. Inertia / scikit-learn converged, after <= 20 iterations, per
+  class (6000 x 2048): FAISS's default random init 1.023, plain k-means++ 1.006, greedy 0.998.
+- **Iterations: at most ``niter`` (``DEFAULT_NITER`` = 20)**, stopping early at a fixed point
+  (torch: no assignment changed; FAISS 1.15 also once its objective stops improving) or, with
+  ``tol``, once the centroids' summed squared move is <= ``tol`` (``fast_pytorch_kmeans``' rule;
+  FAISS then runs one iteration per ``train`` call). Greedy k-means++ is within 0.2% of its
+  40-iteration value after 20; scikit-learn needs ~20 per class and 81 on the whole set.
 - **Training points.** FAISS silently trains on at most ``max_points_per_centroid * k`` points
   (256 * k by default). Here every point trains up to ``max_points_per_centroid * k`` with
   ``max_points_per_centroid=4096`` (1M points at k=256); above that cap a seeded subset (drawn
@@ -35,17 +32,16 @@ features, k=256, against scikit-learn ``KMeans(n_init=1, init="k-means++")``; se
   FAISS does not warn about small per-class problems (n >= k is checked here instead).
 - **Result.** ``inertia`` is the sum of squared distances of ALL input points to their nearest
   final centroid, computed in float64 by the same torch code for every backend, so backends
-  (and scikit-learn, in the bench) are comparable. ``assign`` comes from that same pass.
+  (and scikit-learn, in the bench) are comparable. ``assign`` comes from that same pass;
+  ``assign=False`` skips both (DREAM needs the centroids only).
 - **Seeds.** Every draw comes from ``hpcdd.seeding.generator(seed, "kmeans")`` (problem ``i`` of a
   batch uses ``problem_seed(seed, i)`` unless explicit seeds are given); FAISS's own seed is
   ``derive_seed(seed, "kmeans:faiss") mod 2**31``. Seeded CPU runs are bit-identical; CUDA runs
   (``index_add_`` atomics) are not bitwise reproducible.
-- **GPU.** With a GPU build of FAISS (``faiss.StandardGpuResources`` present and
-  ``faiss.get_num_gpus() > 0``) and ``x`` on a CUDA device, FAISS clusters on that one device
-  (``GpuIndexFlatConfig.device``), never on all visible GPUs. Without one it falls back to CPU
-  FAISS (a warning if the GPU resources fail to start); ``backend="auto"`` then picks torch
-  instead, which stays on the GPU. ``backend="torch"`` runs on ``x``'s
-  device and batches all problems into one ``(B, n, k)`` distance per iteration: the fast path
+- **GPU.** With a GPU build of FAISS and ``x`` on a CUDA device, FAISS clusters on that one
+  device (``GpuIndexFlatConfig.device``), never on all visible GPUs; else CPU FAISS (a warning if
+  the GPU resources fail to start), and ``backend="auto"`` picks torch instead, which stays on
+  the GPU and batches all problems into one ``(B, n, k)`` distance per iteration: the fast path
   for DREAM's many small fits on a GPU.
 """
 
@@ -75,14 +71,16 @@ class KMeansResult:
 
     centroids: torch.Tensor
     """``(k, d)`` float32 centroids, on the input's device."""
-    assign: torch.Tensor
-    """``(n,)`` int64 index of each input point's nearest centroid."""
-    inertia: float
-    """Sum of squared distances of all points to their nearest centroid (float64)."""
+    assign: torch.Tensor | None
+    """``(n,)`` int64 index of each input point's nearest centroid (None with ``assign=False``)."""
+    inertia: float | None
+    """Sum of squared distances of all points to their nearest centroid (float64; None with
+    ``assign=False``)."""
     backend: str
     """What ran: ``"faiss-cpu"``, ``"faiss-gpu"`` or ``"torch"``."""
     n_iter: int
-    """Lloyd iterations run (<= ``niter``: both backends stop early at a fixed point)."""
+    """Lloyd iterations run (<= ``niter``: both backends stop early at a fixed point, or once the
+    centroids move less than ``tol``)."""
 
 
 def problem_seed(seed: int, i: int) -> int:
@@ -101,16 +99,18 @@ def kmeans(
     n_local_trials: int | None = None,
     max_points_per_centroid: int = 4096,
     init_points_per_centroid: int = 64,
+    tol: float | None = None,
+    assign: bool = True,
 ) -> KMeansResult:
     """Cluster ``x`` ``(n, d)`` into ``k`` groups; see the module docstring for the choices.
 
     Raises ``ConfigError`` (one line) for k < 1, n < k, NaN/Inf input, an unknown backend or
-    init, or ``backend="faiss"`` without the faiss module.
+    init, niter < 1, tol <= 0, or ``backend="faiss"`` without the faiss module.
     """
     x = _as_float_tensor(x, 2)
     return kmeans_batched([x], k, seed=[seed], niter=niter, backend=backend, init=init,
                           n_local_trials=n_local_trials, max_points_per_centroid=max_points_per_centroid,
-                          init_points_per_centroid=init_points_per_centroid)[0]
+                          init_points_per_centroid=init_points_per_centroid, tol=tol, assign=assign)[0]
 
 
 def kmeans_batched(
@@ -125,16 +125,27 @@ def kmeans_batched(
     max_points_per_centroid: int = 4096,
     init_points_per_centroid: int = 64,
     lengths: Sequence[int] | None = None,
+    tol: float | None = None,
+    assign: bool = True,
 ) -> list[KMeansResult]:
     """Cluster many problems in one call: a list of ``(n_i, d)`` or a padded ``(B, n, d)`` tensor.
 
     ``lengths`` gives each padded problem's valid rows (default: all). Problem ``i`` is seeded
     with ``problem_seed(seed, i)``, or with ``seed[i]`` when a sequence is given, so result ``i``
     equals ``kmeans(xs[i], k, seed=that seed)`` (up to float rounding of the batched matmuls).
+
+    ``tol``: a problem also stops once the sum over its centroids of the squared distance each
+    moved in one iteration is <= ``tol`` (the rule of ``fast_pytorch_kmeans``, which the official
+    DREAM code uses with 1e-4 and at most 100 iterations); None: only at a fixed point.
+    ``assign=False`` skips the final assignment of every point and the inertia (``assign`` and
+    ``inertia`` are None): all a caller that only wants the centroids, or the samples nearest
+    them (:func:`nearest`), needs.
     """
     xb, lens = _pad(xs, lengths)
     seeds = [problem_seed(seed, i) for i in range(len(lens))] if isinstance(seed, int) else list(seed)
     _validate(xb, lens, k, niter, backend, init, seeds)
+    if tol is not None and not tol > 0:
+        raise ConfigError(f"k-means tolerance must be > 0 (or None: stop at a fixed point), got {tol}")
     if min(max_points_per_centroid, init_points_per_centroid) < 1:
         raise ConfigError("max_points_per_centroid and init_points_per_centroid must be >= 1")
     name = _resolve_backend(backend, xb.device)
@@ -145,13 +156,15 @@ def kmeans_batched(
     init_lens = [min(n, init_points_per_centroid * k) for n in train_lens]
     c0 = _init(_subsample(xt, train_lens, init_lens, gens), init_lens, k, gens, init, trials)
     if name == "torch":
-        cents, n_iter = _lloyd(xt, train_lens, c0, niter)
-        iters, backends = [n_iter] * len(lens), ["torch"] * len(lens)
+        cents, iters = _lloyd(xt, train_lens, c0, niter, tol)
+        backends = ["torch"] * len(lens)
     else:
-        cents, backends, iters = _faiss_fit(xt, train_lens, c0, niter, seeds)
-    assign, inertias = _finish(xb, lens, cents)
+        cents, backends, iters = _faiss_fit(xt, train_lens, c0, niter, seeds, tol)
+    if not assign:
+        return [KMeansResult(cents[i].contiguous(), None, None, backends[i], iters[i]) for i in range(len(lens))]
+    labels, inertias = _finish(xb, lens, cents)
     return [
-        KMeansResult(cents[i].contiguous(), assign[i, : lens[i]].clone(), inertias[i], backends[i], iters[i])
+        KMeansResult(cents[i].contiguous(), labels[i, : lens[i]].clone(), inertias[i], backends[i], iters[i])
         for i in range(len(lens))
     ]
 
@@ -356,27 +369,47 @@ def _kmeanspp(xb: torch.Tensor, lens: list[int], k: int, gens, trials: int) -> t
     return cents
 
 
-def _lloyd(xb: torch.Tensor, lens: list[int], c: torch.Tensor, niter: int) -> tuple[torch.Tensor, int]:
-    """Batched Lloyd's iterations; stops when no assignment changes in any problem."""
+def _lloyd(xb: torch.Tensor, lens: list[int], c: torch.Tensor, niter: int,
+           tol: float | None = None) -> tuple[torch.Tensor, list[int]]:
+    """Batched Lloyd's iterations and each problem's iteration count. A problem stops (its
+    centroids frozen) at a fixed point (no assignment changed) or, with ``tol``, once its
+    centroids' summed squared move is <= ``tol``; the loop ends when every problem stopped."""
     b, n, d = xb.shape
     k = c.shape[1]
     valid = _valid(lens, n, xb.device)
     offset = (torch.arange(b, device=xb.device) * k)[:, None]
     weight = valid.to(xb.dtype).reshape(-1)
     xn = _sqnorm(xb)
+    active = torch.ones(b, dtype=torch.bool, device=xb.device)
+    iters = [niter] * b
     prev = None
     for it in range(niter):
         a, dist = _assign(xb, c, xn)
-        if prev is not None and bool(((a == prev) | ~valid).all()):
-            return c, it
+        if prev is not None:
+            active = _stop(active, ((a == prev) | ~valid).all(1), iters, it)
+            if not bool(active.any()):
+                break
         flat = (a + offset).reshape(-1)
         sums = xb.new_zeros((b * k, d)).index_add_(0, flat, xb.reshape(-1, d))  # padding rows are 0
         counts = xb.new_zeros(b * k).index_add_(0, flat, weight).reshape(b, k)
-        c = torch.where(counts[..., None] > 0, sums.reshape(b, k, d) / counts.clamp_min(1)[..., None], c)
+        new = torch.where(counts[..., None] > 0, sums.reshape(b, k, d) / counts.clamp_min(1)[..., None], c)
         if bool((counts == 0).any()):
-            c = _relocate_empty(xb, valid, dist, c, counts)
+            new = _relocate_empty(xb, valid, dist, new, counts)
+        moved = (new - c).pow(2).sum((1, 2)) if tol is not None else None
+        c = torch.where(active[:, None, None], new, c)
+        if moved is not None:
+            active = _stop(active, moved <= tol, iters, it + 1)
+            if not bool(active.any()):
+                break
         prev = a
-    return c, niter
+    return c, iters
+
+
+def _stop(active: torch.Tensor, done: torch.Tensor, iters: list[int], count: int) -> torch.Tensor:
+    """Record ``count`` iterations for the active problems that are ``done``; the rest stay active."""
+    for i in torch.nonzero(active & done).flatten().tolist():
+        iters[i] = count
+    return active & ~done
 
 
 def _relocate_empty(xb, valid, dist, c, counts) -> torch.Tensor:
@@ -425,8 +458,11 @@ def _faiss_index(faiss: ModuleType, d: int, device: torch.device):
     return faiss.IndexFlatL2(d), "faiss-cpu", None
 
 
-def _faiss_fit(xb, lens, c0, niter, seeds) -> tuple[torch.Tensor, list[str], list[int]]:
-    """FAISS Lloyd's from the given initial centroids, one problem at a time, one shared index."""
+def _faiss_fit(xb, lens, c0, niter, seeds, tol=None) -> tuple[torch.Tensor, list[str], list[int]]:
+    """FAISS Lloyd's from the given initial centroids, one problem at a time, one shared index.
+
+    With ``tol`` FAISS runs one iteration per ``train`` call, so that the move of the centroids
+    can be checked after each (FAISS itself has no tolerance)."""
     faiss = _import_faiss()
     b, _, d = xb.shape
     k = c0.shape[1]
@@ -436,15 +472,36 @@ def _faiss_fit(xb, lens, c0, niter, seeds) -> tuple[torch.Tensor, list[str], lis
     out = np.empty((b, k, d), dtype=np.float32)
     iters = []
     for i, n in enumerate(lens):
-        cp = faiss.ClusteringParameters()
-        cp.niter = niter
-        cp.nredo = 1
-        cp.seed = derive_seed(seeds[i], "kmeans:faiss") % (1 << 31)
-        cp.max_points_per_centroid = -(-n // k)  # >= n / k: FAISS never subsamples again
-        cp.min_points_per_centroid = 1
-        clus = faiss.Clustering(d, k, cp)
-        faiss.copy_array_to_vector(np.ascontiguousarray(c_np[i], dtype=np.float32).ravel(), clus.centroids)
-        clus.train(np.ascontiguousarray(x_np[i, :n], dtype=np.float32), index)
-        out[i] = faiss.vector_float_to_array(clus.centroids).reshape(k, d)
-        iters.append(int(clus.iteration_stats.size()))
+        x = np.ascontiguousarray(x_np[i, :n], dtype=np.float32)
+        seed = derive_seed(seeds[i], "kmeans:faiss") % (1 << 31)
+        if tol is None:
+            out[i], ran = _faiss_train(faiss, index, x, c_np[i], niter, seed)
+        else:
+            cents, ran = np.ascontiguousarray(c_np[i], dtype=np.float32), 0
+            while ran < niter:
+                new, _ = _faiss_train(faiss, index, x, cents, 1, derive_seed(seed, f"it{ran}") % (1 << 31))
+                ran += 1
+                moved = float(np.square(new.astype(np.float64) - cents).sum())
+                cents = new
+                if moved <= tol:
+                    break
+            out[i] = cents
+        iters.append(ran)
     return torch.from_numpy(out).to(xb.device), [kind] * b, iters
+
+
+def _faiss_train(faiss: ModuleType, index, x: np.ndarray, c0: np.ndarray, niter: int,
+                 seed: int) -> tuple[np.ndarray, int]:
+    """``niter`` FAISS Lloyd iterations on ``x`` from ``c0``: the centroids and the iterations run."""
+    n, d = x.shape
+    k = c0.shape[0]
+    cp = faiss.ClusteringParameters()
+    cp.niter = niter
+    cp.nredo = 1
+    cp.seed = seed
+    cp.max_points_per_centroid = -(-n // k)  # >= n / k: FAISS never subsamples again
+    cp.min_points_per_centroid = 1
+    clus = faiss.Clustering(d, k, cp)
+    faiss.copy_array_to_vector(np.ascontiguousarray(c0, dtype=np.float32).ravel(), clus.centroids)
+    clus.train(x, index)
+    return faiss.vector_float_to_array(clus.centroids).reshape(k, d), int(clus.iteration_stats.size())

@@ -2,8 +2,9 @@
 
 A sampler is handed to the Distiller (``method=dm, sampler=random`` is one config). It owns a
 ``torch.Generator`` derived from the run seed, whose state is checkpointed with the run.
-A representative sampler (DREAM) gets the current matching net through ``net``. Samplers are
-declared (name, parameters) in :mod:`hpcdd.specs.samplers`.
+A representative sampler (DREAM) gets the current matching net through ``net`` and runs it at
+the run's ``precision``. Samplers are declared (name, parameters) in
+:mod:`hpcdd.specs.samplers`; :func:`build_sampler` makes the one a resolved config names.
 """
 
 from __future__ import annotations
@@ -14,16 +15,21 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from hpcdd.config import RunConfig, from_dict
 from hpcdd.data import ClassBank
 from hpcdd.seeding import generator
+from hpcdd.specs import SAMPLERS, load_impl
 
 
 class Sampler(ABC):
-    """Chooses indices of real training images of one class."""
+    """Chooses indices of real training images of one class. Constructed as
+    ``Sampler(bank, seed, params, precision)`` (:func:`build_sampler`)."""
 
-    def __init__(self, bank: ClassBank, seed: int, params: Any = None) -> None:
+    def __init__(self, bank: ClassBank, seed: int, params: Any = None, precision: str = "fp32") -> None:
         self.bank = bank
         self.params = params
+        self.precision = precision
+        """The run's precision ('fp32' or 'bf16'), for any forward pass the sampler runs."""
         self.generator = generator(seed, "sampler")
 
     @abstractmethod
@@ -45,9 +51,20 @@ class Sampler(ABC):
         """What the run should record about how it sampled (written to result rows)."""
         return {}
 
+    def seconds(self) -> float:
+        """Seconds spent choosing samples beyond drawing indices (DREAM: embedding, k-means)."""
+        return 0.0
+
 
 class RandomSampler(Sampler):
     """Uniform sampling without replacement inside the class (what DC/DSA/DM do)."""
 
     def indices(self, c: int, n: int, net: nn.Module | None = None) -> torch.Tensor:
         return self.bank.sample(c, n, self.generator)
+
+
+def build_sampler(cfg: RunConfig, bank: ClassBank) -> Sampler:
+    """The sampler a resolved config names, with its parameters, the run's seed and precision."""
+    spec = SAMPLERS.get(cfg.sampler)
+    params = from_dict(spec.params, cfg.sampler_params, where=f"sampler {cfg.sampler} parameters")
+    return load_impl(spec.impl)(bank, cfg.seed, params, precision=cfg.precision)
