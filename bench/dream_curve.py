@@ -124,6 +124,12 @@ def _mean_curve(g: pd.DataFrame) -> pd.Series:
     return g.groupby("it")["acc"].mean()[counts == seeds]
 
 
+def _secs(x: float) -> float:
+    """Seconds to 3 significant digits: a fixed number of decimals reads 0.0 for the short builds of a
+    fast machine's tiny runs."""
+    return float(f"{x:.3g}")
+
+
 def summarise(c: pd.DataFrame) -> pd.DataFrame:
     """Per method: how soon DREAM reaches random sampling's final accuracy, and at what wall cost."""
     out = []
@@ -160,9 +166,9 @@ def summarise(c: pd.DataFrame) -> pd.DataFrame:
             "reach_iters_seed_min": round(min(reached), 1) if reached else None,
             "reach_iters_seed_max": round(max(reached), 1) if reached else None,
             "reached": len(reached), "seeds_paired": len(per_seed),
-            "dream_s_per_iter": round(per_it, 3), "random_s_per_iter": round(runs(rnd)["loop_seconds"].mean() / budget, 3),
-            "dream_build_s": round(build, 1), "random_wall_s": round(random_wall, 1),
-            "wall_to_reach_s": None if wall_to_reach is None else round(wall_to_reach, 1),
+            "dream_s_per_iter": _secs(per_it), "random_s_per_iter": _secs(runs(rnd)["loop_seconds"].mean() / budget),
+            "dream_build_s": _secs(build), "random_wall_s": _secs(random_wall),
+            "wall_to_reach_s": None if wall_to_reach is None else _secs(wall_to_reach),
             "wall_gain": None if wall_to_reach is None else round(random_wall / wall_to_reach, 2),
         })
     return pd.DataFrame(out)
