@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from hpcdd import prereq, rundir
+from hpcdd.artefact import Source, load_source
 from hpcdd.catalog import (
     check_names, effective_ipc, eval_id, flat_run, prereq_id, prerequisites, resolve, resolve_eval,
     run_id,
@@ -37,7 +38,6 @@ from hpcdd.runtime.loop import run_steps
 from hpcdd.runtime.process import setup_process
 from hpcdd.runtime.provenance import provenance
 from hpcdd.seeding import generator
-from hpcdd.sources import Source, load_source
 from hpcdd.specs import METHODS, SAMPLERS, load_impl
 
 ShouldStop = Callable[[], bool] | None
@@ -178,7 +178,7 @@ def _distilled(cfg: RunConfig, rid: str, run_dir: Path, ctx: _Context,
     atomic_torch_save(rundir.artefact_path(run_dir, method.output), {**source.state_dict(), **meta})
     seconds = build_seconds + loop_seconds
     timing = {"distill_seconds": round(seconds, 3), "iterations_done": cfg.iterations,
-              "sampler": sampler.info(), "finished_at": now_utc()}
+              "sampler": sampler.info(), "method_info": distiller.info(), "finished_at": now_utc()}
     atomic_write_json(run_dir / rundir.DONE, {"run_id": rid, **timing})
     rundir.log(run_dir, f"distillation finished in {seconds:.1f}s; {rundir.ARTEFACT_FILES[method.output]} written")
     return source, {**meta, **timing}
@@ -245,7 +245,7 @@ def _quick_eval_hook(cfg: RunConfig, run_dir: Path, distiller: Any, ctx: _Contex
     def hook(done: int) -> None:
         if done not in due:
             return
-        from hpcdd.sources import ImageSource
+        from hpcdd.artefact import ImageSource
 
         source = ImageSource(distiller.synthetic(cfg.ipc or 10))
         res = evaluate_source(source, ctx.data.test, ctx.data.info, ev, seed=cfg.seed, dataset=cfg.dataset,
@@ -303,7 +303,7 @@ def _evaluate(cfg: RunConfig, ev: EvalConfig, run_dir: Path, source: Source, met
         "distill_seconds": meta.get("distill_seconds"), "eval_seconds": round(time.perf_counter() - t0, 3),
         "wall_seconds": round(time.perf_counter() - ctx.t_start, 3),
         "peak_rss_mb": round(peak_memory_mb(ctx.accelerator.device), 1),
-        "iterations_done": meta.get("iterations_done"), **_sampler_columns(meta),
+        "iterations_done": meta.get("iterations_done"), **_sampler_columns(meta), **_method_columns(meta),
         **slurm_ids(), **ctx.prov, "finished_at": now_utc(),
     }
     atomic_write_json(out / rundir.RESULT, row)
@@ -325,6 +325,11 @@ def _finished_models(run_dir: Path, eid: str, ev: EvalConfig) -> dict[tuple[str,
 def _sampler_columns(meta: dict[str, Any]) -> dict[str, Any]:
     info = meta.get("sampler") or {}
     return {f"sampler_{k}": v for k, v in info.items()}
+
+
+def _method_columns(meta: dict[str, Any]) -> dict[str, Any]:
+    info = meta.get("method_info") or {}
+    return {f"distill_{k}": v for k, v in info.items()}
 
 
 __all__ = ["run_one", "evaluate_run", "slurm_ids"]

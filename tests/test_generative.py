@@ -17,7 +17,7 @@ from hpcdd.errors import ConfigError, NonFiniteLossError
 from hpcdd.run import run_one
 from hpcdd.runtime.checkpoint import checkpoint_files
 from hpcdd.runtime.preempt import Interrupted
-from hpcdd.sources import load_source
+from hpcdd.artefact import load_source
 
 from helpers import stop_after
 
@@ -131,7 +131,7 @@ def test_stage_two_resume_is_bit_identical(tmp_path, trained):
 
 
 def test_a_nan_in_a_gan_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch):
-    import hpcdd.distill.gan as gan
+    import hpcdd.generative.gan as gan
 
     real = gan.d_loss
     calls = {"n": 0}

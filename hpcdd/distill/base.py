@@ -13,9 +13,9 @@ from typing import Any, Mapping
 
 import torch
 
+from hpcdd.artefact import ImageSource, Source, SyntheticSet
 from hpcdd.config import RunConfig, from_dict
 from hpcdd.data import ClassBank
-from hpcdd.sources import ImageSource, Source, SyntheticSet
 from hpcdd.specs import METHODS
 
 
@@ -59,6 +59,11 @@ class Distiller(ABC):
     def source(self) -> Source:
         """The artefact saved and evaluated: by default the fixed image set."""
         return ImageSource(self.synthetic())
+
+    def info(self) -> dict[str, Any]:
+        """Plain values about the finished distillation for ``done.json`` and the result row
+        (columns ``distill_<key>``), e.g. where its time went. None by default."""
+        return {}
 
 
 class ImageDistiller(Distiller):
