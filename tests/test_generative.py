@@ -250,3 +250,28 @@ def test_bf16_gan_steps_train_and_keep_fp32_weights(tmp_path):
     assert state["config"]["precision"] == "bf16"
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in state["G"].values()
                if v.is_floating_point())
+
+
+def test_the_fmnist_grid_measures_what_issue_18_asks():
+    from hpcdd.sweep.grid import load_grid
+
+    repo = Path(__file__).resolve().parents[1]
+    sweep = load_grid(repo / "launch" / "generative_fmnist.yaml")
+    assert [p.key for p in sweep.prereqs] == ["gan_pretrain/9d868e47ea1f"]  # the pretraining already built
+    cells = {(c.config.method, c.eval.ipc or c.config.ipc, c.eval.kind, c.eval.models, c.config.seed): c.eval.n
+             for c in sweep.cells}
+    methods = ("cgan", "dim", "global_local", "random")
+    for m in methods:
+        for ipc in (1, 10, 50):
+            assert (m, ipc, "fixed", ("convnet3",), 0) in cells
+    for m in ("dim", "global_local"):
+        assert all(cells[(m, 10, "fixed", ("convnet3",), s)] >= 5 for s in (0, 1, 2))
+        assert cells[(m, 10, "fixed", ("alexnet", "vgg11", "resnet18"), 0)] >= 3
+    assert {(m, ipc) for m, ipc, kind, *_ in cells if kind == "resample"} == {
+        (m, ipc) for m in methods[:3] for ipc in (10, 50)}
+    assert cells[("random", 10, "fixed", ("alexnet", "vgg11", "resnet18"), 0)] >= 3
+    assert {c.eval.epochs for c in sweep.cells} == {100}
+    ablation = load_grid(repo / "launch" / "ablation_local.yaml")
+    assert ablation.prereqs == sweep.prereqs
+    shared = {(c.run_id, c.eval_id) for c in sweep.cells} & {(c.run_id, c.eval_id) for c in ablation.cells}
+    assert len(shared) == 1  # lambda_local 1e-3 is the main sweep's global_local seed 0

@@ -5,7 +5,8 @@ its config.
 Batches come from a seeded permutation per epoch (``drop_last``); each step is
 :func:`hpcdd.generative.gan.gan_step` (lr 1e-4, betas (0, 0.9), as DiM). The artefact ``gan.pt``
 holds both nets and both optimiser states (stage 2 continues from them); ``samples/`` gets a
-per-class grid at every tenth of the run.
+per-class grid at every tenth of the run (skipped, with a line in log.txt, where matplotlib or
+torchvision is missing: they are diagnostics, not results).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from hpcdd.generative.nets import class_major_labels, generate
 from hpcdd.imagegrid import save_image_grid
 from hpcdd.io import atomic_torch_save
 from hpcdd.prereq import PrereqJob
+from hpcdd.rundir import log
 from hpcdd.seeding import generator
 from hpcdd.specs.generative import GanPretrainConfig
 
@@ -45,6 +47,7 @@ class GanPretrain(PrereqJob):
             raise ValueError(f"gan batch {config.batch} exceeds the {len(self.bank)} training images")
         self.G, self.D, self.opt_g, self.opt_d = build_gan(config, self.info, self.device)
         self.gen = generator(config.seed, "gan-noise")
+        self.no_grids = False
 
     @property
     def total_steps(self) -> int:
@@ -72,8 +75,12 @@ class GanPretrain(PrereqJob):
 
     def after_step(self, out_dir: Path, done: int) -> None:
         tenth = max(1, self.total_steps // 10)
-        if done % tenth == 0 or done == self.total_steps:
-            save_samples(self.G, self.info, out_dir / SAMPLES / f"step-{done:08d}.png", seed=self.config.seed)
+        if (done % tenth == 0 or done == self.total_steps) and not self.no_grids:
+            try:
+                save_samples(self.G, self.info, out_dir / SAMPLES / f"step-{done:08d}.png", seed=self.config.seed)
+            except ImportError as e:  # a node without matplotlib/torchvision: the grids are diagnostics only
+                self.no_grids = True
+                log(out_dir, f"sample grids skipped: {e}")
 
     def save(self, out_dir: Path) -> None:
         atomic_torch_save(out_dir / ARTEFACT, {
