@@ -173,11 +173,7 @@ class GenerativeParams(GanParams):
 
     def layer_of(self, arch: str) -> str | None:
         """The local-term layer of a pool model (None: the model has no entry)."""
-        for item in self.local_layers:
-            name, _, layer = item.partition(":")
-            if name == arch:
-                return layer
-        return None
+        return local_layer(self.local_layers, arch)
 
 
 @dataclass(frozen=True)
@@ -186,6 +182,11 @@ class DimParams(GenerativeParams):
 
     lambda_local: float = 0.0
     """Weight of the local term (DiM has none: 0)."""
+
+
+def local_layer(local_layers: tuple[str, ...] | list[str], arch: str) -> str | None:
+    """The layer ``local_layers`` names for ``arch`` (its first ``arch:layer`` entry), or None."""
+    return next((layer for name, _, layer in (i.partition(":") for i in local_layers) if name == arch), None)
 
 
 def image_size(cfg: RunConfig) -> int | None:
@@ -238,7 +239,7 @@ def _check_matching(cfg: RunConfig) -> None:
         raise ConfigError(f"unknown net {unknown[0]!r} in pool; choose from: {', '.join(NET_NAMES)}")
     if p["lambda_local"] > 0:
         for arch in pool:
-            layer = next((i.partition(":")[2] for i in p["local_layers"] if i.partition(":")[0] == arch), None)
+            layer = local_layer(p["local_layers"], arch)
             if layer is None:
                 raise ConfigError(f"local_layers names no layer for pool model {arch}")
             if layer not in NET_LAYERS[arch]:
