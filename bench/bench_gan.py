@@ -5,7 +5,8 @@ Timing (default): for each width and precision, ``--steps`` pretraining steps (b
 after ``--warmup``) of hpcdd's GAN step on real images, and one profiled step split into its parts:
 the generator update, the critic update without the gradient penalty, and the penalty alone
 (its forward, the create_graph gradient, and the double backward into the critic). Rows go to
-``--out`` (results/bench_gan.csv) with the load average before and after, commit, host, threads.
+``--out`` (results/bench_gan.csv) with wall and process-CPU seconds (on a shared machine the CPU
+seconds at ``--threads 1`` are the steadier number), the load average, commit, host, threads.
 
 Quality (``--quality``): two short pretrainings from the same seed and batches, fp32 and bf16, at
 ``--quality-width`` for ``--quality-steps`` steps, then a ConvNet3 trained on real images
@@ -103,16 +104,17 @@ def time_widths(args: argparse.Namespace, data: Any, meta: dict[str, Any]) -> li
             for _ in range(args.warmup):
                 step(m, *next(batches), info.num_classes)
             load0 = os.getloadavg()[0]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
                 step(m, *next(batches), info.num_classes)
-            sec = (time.perf_counter() - t0) / args.steps
+            sec, cpu = (time.perf_counter() - t0) / args.steps, (time.process_time() - c0) / args.steps
             parts = profile(m, *next(batches), info.num_classes)
             rows.append({"kind": "timing", "width": width, "precision": precision, "batch": args.batch,
-                         "s_per_step": round(sec, 4), **{k: round(v, 4) for k, v in parts.items()},
+                         "s_per_step": round(sec, 4), "cpu_s_per_step": round(cpu, 4),
+                         **{k: round(v, 4) for k, v in parts.items()},
                          "steps": args.steps, "load_before": round(load0, 2),
                          "load_after": round(os.getloadavg()[0], 2), **meta})
-            print(f"width {width:4d} {precision}: {sec:.3f} s/step  "
+            print(f"width {width:4d} {precision}: {sec:.3f} s/step (CPU {cpu:.3f})  "
                   + "  ".join(f"{k} {v:.3f}" for k, v in parts.items()), flush=True)
     return rows
 

@@ -62,7 +62,7 @@ class Distiller(ABC):
 
     def info(self) -> dict[str, Any]:
         """Plain values about the finished distillation for ``done.json`` and the result row
-        (columns ``distill_<key>``), e.g. where its time went. None by default."""
+        (columns ``distill_<key>``), e.g. where its time went. Empty by default."""
         return {}
 
 
