@@ -12,6 +12,12 @@ accuracies and the paired global_local - dim difference (bench/generative_compar
     PYTHONPATH=. python bench/gpu_generative.py --data-root data/fashion-mnist   # on the GPU box
     PYTHONPATH=. python bench/gpu_generative.py --tiny                          # CPU smoke test
 
+Carrying Fashion-MNIST to a lent device: ``mkdir -p data/fashion-mnist && cp
+/usr/share/datasets/fashion-mnist/*.gz data/fashion-mnist/`` (``data/`` is git-ignored: name it in
+the device run's carry, 30 MB), and write the CSV where the device hands files back:
+``... --data-root data/fashion-mnist --csv $OUT/generative_fmnist_gpu.csv``, then copy it to
+``results/``.
+
 ``--tiny``: digits, GAN width 8, a few steps, one-epoch evaluations, into a temporary directory:
 proves the script end to end on a CPU in a few minutes. Needs torch, accelerate, numpy, PyYAML,
 tqdm and Pillow (grids also matplotlib and torchvision; without them they are skipped); a missing
