@@ -11,7 +11,7 @@ For ``ipc`` images per class drawn from a generator (a run's ``generator.pt``, a
   last epoch, the share of dead ReLU units at the end (AlexNet's feature maps that are zero for
   every training image), and the accuracy on ``--test`` real test images. Variants: ``as-is``;
   ``matched`` (the generated set shifted and scaled to the real set's mean and std: an
-  input-statistics cause recovers here); ``lr0.001``.
+  input-statistics cause recovers here); ``lr0.001``; ``--variants ''``: real images only.
 
 Rows go to ``--out`` (results/alexnet_probe.csv).
 Usage: python bench/alexnet_probe.py GENERATOR_FILE [--ipc 10] [--models 3] [--epochs 100]
@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nets", default="alexnet,convnet3")
     ap.add_argument("--variants", default="as-is,matched,lr0.001")
     ap.add_argument("--models", type=int, default=3)
+    ap.add_argument("--model-ids", default=None, help="comma-separated model indices (default: 0..models-1)")
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--test", type=int, default=2000, help="real test images scored (the first N)")
@@ -148,13 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     sets = {"as-is": ("generated", generated, args.lr), "matched": ("generated", matched, args.lr),
             "lr0.001": ("generated", generated, 0.001)}
     rows = []
+    variants = [v for v in args.variants.split(",") if v]
+    ids = [int(k) for k in args.model_ids.split(",")] if args.model_ids else list(range(args.models))
     for arch in args.nets.split(","):
-        cases = [("real", "as-is", real, args.lr)] + [(sets[v][0], v, sets[v][1], sets[v][2])
-                                                      for v in args.variants.split(",")]
-        if "lr0.001" in args.variants:
+        cases = [("real", "as-is", real, args.lr)] + [(sets[v][0], v, sets[v][1], sets[v][2]) for v in variants]
+        if "lr0.001" in variants:
             cases.append(("real", "lr0.001", real, 0.001))
         for kind, variant, syn, lr in cases:
-            for k in range(args.models):
+            for k in ids:
                 res = train(arch, syn, data, args, lr, k)
                 st = stats(syn, info)
                 rows.append({"net": arch, "set": kind, "variant": variant, "lr": lr, "model": k, **res,

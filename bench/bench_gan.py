@@ -15,7 +15,7 @@ labels as their conditioning class, and the mean/std of the images, per precisio
 (results/bench_gan_quality.csv).
 
 Usage: python bench/bench_gan.py [--widths 32,64,128] [--precisions fp32,bf16] [--steps 5]
-       python bench/bench_gan.py --quality [--quality-steps 400] [--quality-width 32]
+       python bench/bench_gan.py --quality [--quality-steps 300] [--quality-width 32] [--clf-steps 100]
 """
 
 from __future__ import annotations
@@ -175,9 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quality", action="store_true", help="the bf16 sample-quality check instead of timings")
-    ap.add_argument("--quality-steps", type=int, default=400)
+    ap.add_argument("--quality-steps", type=int, default=300)
     ap.add_argument("--quality-width", type=int, default=32)
-    ap.add_argument("--clf-steps", type=int, default=300)
+    ap.add_argument("--clf-steps", type=int, default=100)
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--dataset", default="fashionmnist", help="the committed rows: fashionmnist")
     ap.add_argument("--data-root", default=None)
