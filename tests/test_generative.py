@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hpcdd import prereq
-from hpcdd.catalog import configs_from_flat, prereq_id, prerequisites, resolve
+from hpcdd.catalog import configs_from_flat, eval_id, prereq_id, prerequisites, resolve
 from hpcdd.cli import main
 from hpcdd.config import EvalConfig, ExecConfig
 from hpcdd.errors import ConfigError, NonFiniteLossError
@@ -217,8 +217,7 @@ def test_the_run_records_pool_training_against_the_gan_step(trained):
     done = json.loads((trained / "run" / "done").read_text())
     info = done["method_info"]
     assert info["pool_seconds"] > 0 and info["gan_seconds"] > 0 and info["pool_s_per_step"] > 0
-    [eid] = [p.name for p in (trained / "run" / "eval").iterdir()]
-    row = json.loads((trained / "run" / "eval" / eid / "result.json").read_text())
+    row = json.loads((trained / "run" / "eval" / eval_id(EVAL) / "result.json").read_text())
     assert row["distill_pool_seconds"] == info["pool_seconds"] and row["distill_gan_s_per_step"] > 0
 
 
