@@ -8,7 +8,8 @@ the generator update, the critic update without the gradient penalty, and the pe
 ``--out`` (results/bench_gan.csv) with wall and process-CPU seconds (on a shared machine the CPU
 seconds at ``--threads 1`` are the steadier number), the load average, commit, host, threads.
 
-Quality (``--quality``): two short pretrainings from the same seed and batches, fp32 and bf16, at
+Quality (``--quality``): two short pretrainings from the same seed and batches (or, with ``--init``,
+continuations of a pretraining's checkpoint, which is scored too as ``start``), fp32 and bf16, at
 ``--quality-width`` for ``--quality-steps`` steps, then a ConvNet3 trained on real images
 (``--clf-steps`` steps of 256) labels ``--per-class`` generated images of each class: the share it
 labels as their conditioning class, and the mean/std of the images, per precision
@@ -25,6 +26,7 @@ import os
 import platform
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -138,30 +140,54 @@ def accuracy(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float(torch.cat([net(x[i : i + 500]).argmax(1) for i in range(0, len(x), 500)]).eq(y).float().mean())
 
 
+def classifier(data: Any, steps: int, cache: Path | None) -> torch.nn.Module:
+    """The real-trained ConvNet3 (deterministic: loaded from ``cache`` when it holds one)."""
+    if cache is not None and cache.exists():
+        net = fresh_net("convnet3", data.info, 0, "bench-gan-clf")
+        net.load_state_dict(torch.load(cache, weights_only=True))
+        return net.eval()
+    net = train_classifier(data, steps)
+    if cache is not None:
+        torch.save(net.state_dict(), cache)
+    return net
+
+
+def start_from(m: SimpleNamespace, path: Path) -> int:
+    """Load generator, critic and optimisers from a pretraining's gan.pt or checkpoint; its step."""
+    state = torch.load(path, weights_only=True)
+    job = state.get("job", state)
+    for key in ("G", "D", "opt_g", "opt_d"):
+        getattr(m, key).load_state_dict(job[key])
+    return int(state.get("it", 0))
+
+
 def quality(args: argparse.Namespace, data: Any, test: Any, meta: dict[str, Any]) -> list[dict[str, Any]]:
     info = data.info
     t0 = time.perf_counter()
-    clf = train_classifier(data, args.clf_steps)
+    clf = classifier(data, args.clf_steps, args.clf_cache)
     x_test, y_test = next(test.batches(len(test)))
     real_acc = accuracy(clf, x_test, y_test)
     print(f"classifier: {real_acc:.4f} on the real test set ({time.perf_counter() - t0:.0f} s)", flush=True)
     rows = []
-    for precision in ("fp32", "bf16"):
-        m = gan(args.quality_width, args.batch, precision, info)
+    labels = class_major_labels(info.num_classes, args.per_class)
+    for precision in ("start", "fp32", "bf16") if args.init else ("fp32", "bf16"):
+        m = gan(args.quality_width, args.batch, "fp32" if precision == "start" else precision, info)
+        first = start_from(m, args.init) if args.init else 0
         batches = real_batches(data, args.batch, 0)
+        steps = 0 if precision == "start" else args.quality_steps
         t0 = time.perf_counter()
-        for _ in range(args.quality_steps):
+        for _ in range(steps):
             step(m, *next(batches), info.num_classes)
         sec = time.perf_counter() - t0
-        labels = class_major_labels(info.num_classes, args.per_class)
         x = to_normalized(generate(m.G, labels, generator(0, "bench-gan-samples")), info.mean, info.std)
         rows.append({"kind": "quality", "width": args.quality_width, "precision": precision, "batch": args.batch,
-                     "steps": args.quality_steps, "s_per_step": round(sec / args.quality_steps, 4),
+                     "init": str(args.init or ""), "init_step": first,
+                     "steps": steps, "s_per_step": round(sec / max(1, steps), 4),
                      "clf_acc_on_generated": round(accuracy(clf, x, labels), 4), "clf_acc_on_real_test": real_acc,
                      "gen_mean": round(float(x.mean()), 4), "gen_std": round(float(x.std()), 4),
                      "real_mean": round(float(x_test.mean()), 4), "real_std": round(float(x_test.std()), 4),
                      "load_after": round(os.getloadavg()[0], 2), **meta})
-        print(f"{precision}: {sec:.0f} s for {args.quality_steps} steps; the classifier labels "
+        print(f"{precision}: {sec:.0f} s for {steps} steps; the classifier labels "
               f"{rows[-1]['clf_acc_on_generated']:.4f} of the generated images as their class", flush=True)
     return rows
 
@@ -179,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quality-width", type=int, default=32)
     ap.add_argument("--clf-steps", type=int, default=100)
     ap.add_argument("--per-class", type=int, default=100)
+    ap.add_argument("--init", type=Path, default=None,
+                    help="continue from a pretraining's gan.pt or checkpoint (its width: --quality-width)")
+    ap.add_argument("--clf-cache", type=Path, default=None, help="save/reuse the classifier's weights here")
     ap.add_argument("--dataset", default="fashionmnist", help="the committed rows: fashionmnist")
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--out", default=None, help="default: results/bench_gan.csv (--quality: bench_gan_quality.csv)")
