@@ -1,7 +1,10 @@
-"""Differentiable Siamese Augmentation (DSA, Zhao & Bilen 2021), single-op ('S') mode.
+"""Differentiable Siamese Augmentation (DSA, Zhao & Bilen 2021), single-op ('S') mode, and
+DiffAug's all-ops chain.
 
 Each call picks ONE op of the '_'-separated strategy uniformly at random ('color'
-= brightness, saturation, contrast in sequence). Random numbers are drawn on the
+= brightness, saturation, contrast in sequence); with ``chain=True`` every op of the strategy
+is applied, in the order written (DiffAug as DiM uses it: ``color_crop_cutout`` on each matching
+batch, ``color_crop`` per sample for its pool models). Random numbers are drawn on the
 CPU from an explicit ``torch.Generator`` into an :class:`AugDraw`, which can be
 applied to several batches (real and synthetic) for the Siamese use::
 
@@ -166,13 +169,19 @@ _OP_FNS: dict[str, tuple[Drawer, Applier]] = {
 }
 
 
-class DSA:
-    """DSA with one uniformly chosen op per draw (the official 'S' mode)."""
+CHAIN = "+"
+"""Joins the ops of a chained draw (``AugDraw.op`` ``"color+crop+cutout"``)."""
 
-    def __init__(self, strategy: str, params: DSAParams = DSAParams()) -> None:
+
+class DSA:
+    """DSA with one uniformly chosen op per draw (the official 'S' mode), or with every op of the
+    strategy in order (``chain=True``: DiffAug's all-ops mode)."""
+
+    def __init__(self, strategy: str, params: DSAParams = DSAParams(), *, chain: bool = False) -> None:
         check_strategy(strategy)
         self.strategy = strategy
         self.params = params
+        self.chain = chain
         self.ops: tuple[str, ...] = () if strategy == "none" else tuple(strategy.split("_"))
 
     def draw(self, n: int, generator: torch.Generator, *, batchmode: bool, im_size: int) -> AugDraw:
@@ -184,6 +193,11 @@ class DSA:
         k = 1 if batchmode else int(n)
         if k < 1:
             raise ValueError(f"cannot draw augmentation params for n={n}")
+        if self.chain:
+            params: dict[str, torch.Tensor] = {}
+            for op in self.ops:  # the ops' parameter names are distinct
+                params.update(_OP_FNS[op][0](k, generator, self.params, im_size))
+            return AugDraw(CHAIN.join(self.ops), params)
         op = self.ops[int(torch.randint(len(self.ops), (1,), generator=generator))]
         return AugDraw(op, _OP_FNS[op][0](k, generator, self.params, im_size))
 
@@ -196,7 +210,9 @@ class DSA:
             raise ValueError(
                 f"AugDraw params of size {sorted(sizes)} do not fit a batch of {x.shape[0]}"
             )
-        return _OP_FNS[draw.op][1](x, draw.params)
+        for op in draw.op.split(CHAIN):
+            x = _OP_FNS[op][1](x, draw.params)
+        return x
 
     def __call__(
         self, x: torch.Tensor, generator: torch.Generator, *, batchmode: bool = False

@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from hpcdd.artefact import Source, SyntheticSet
 from hpcdd.augment import DSA, default_strategy
 from hpcdd.config import EvalConfig
 from hpcdd.data import DatasetInfo, ImageSet
 from hpcdd.errors import CheckpointError
 from hpcdd.runtime.preempt import Interrupted
 from hpcdd.seeding import fresh_net, generator
-from hpcdd.sources import Source, SyntheticSet
 
 TEST_BATCH = 500
 

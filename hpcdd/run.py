@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from hpcdd import prereq, rundir
+from hpcdd.artefact import Source, load_source
 from hpcdd.catalog import (
     check_names, effective_ipc, eval_id, flat_run, prereq_id, prerequisites, resolve, resolve_eval,
     run_id,
@@ -39,7 +40,6 @@ from hpcdd.runtime.process import setup_process
 from hpcdd.runtime.provenance import provenance
 from hpcdd.seeding import generator
 from hpcdd.select.samplers import build_sampler
-from hpcdd.sources import Source, load_source
 from hpcdd.specs import METHODS, SAMPLERS, load_impl
 
 ShouldStop = Callable[[], bool] | None
@@ -196,7 +196,7 @@ def _distilled(cfg: RunConfig, rid: str, run_dir: Path, ctx: _Context,
     seconds = build_seconds + loop_seconds
     timing = {"distill_seconds": round(seconds, 3), "iterations_done": cfg.iterations,
               "match_seconds": round(loop_seconds - sampler.seconds(), 3),  # the loop minus sampling
-              "sampler": sampler.info(), "finished_at": now_utc()}
+              "sampler": sampler.info(), "method_info": distiller.info(), "finished_at": now_utc()}
     atomic_write_json(run_dir / rundir.DONE, {"run_id": rid, **timing})
     rundir.log(run_dir, f"distillation finished in {seconds:.1f}s; {rundir.ARTEFACT_FILES[method.output]} written")
     return source, {**meta, **timing}
@@ -270,7 +270,7 @@ def _quick_eval_hook(cfg: RunConfig, run_dir: Path, distiller: Any, ctx: _Contex
     def hook(done: int) -> None:
         if done not in due:
             return
-        from hpcdd.sources import ImageSource
+        from hpcdd.artefact import ImageSource
 
         t0 = time.perf_counter()
         source = ImageSource(distiller.synthetic(cfg.ipc or 10))
@@ -333,7 +333,7 @@ def _evaluate(cfg: RunConfig, ev: EvalConfig, run_dir: Path, source: Source, met
         "eval_seconds": round(time.perf_counter() - t0, 3),
         "wall_seconds": round(time.perf_counter() - ctx.t_start, 3),
         "peak_rss_mb": round(peak_memory_mb(ctx.accelerator.device), 1),
-        "iterations_done": meta.get("iterations_done"), **_sampler_columns(meta),
+        "iterations_done": meta.get("iterations_done"), **_sampler_columns(meta), **_method_columns(meta),
         **slurm_ids(), **ctx.prov, "finished_at": now_utc(),
     }
     atomic_write_json(out / rundir.RESULT, row)
@@ -355,6 +355,11 @@ def _finished_models(run_dir: Path, eid: str, ev: EvalConfig) -> dict[tuple[str,
 def _sampler_columns(meta: dict[str, Any]) -> dict[str, Any]:
     info = meta.get("sampler") or {}
     return {f"sampler_{k}": v for k, v in info.items()}
+
+
+def _method_columns(meta: dict[str, Any]) -> dict[str, Any]:
+    info = meta.get("method_info") or {}
+    return {f"distill_{k}": v for k, v in info.items()}
 
 
 __all__ = ["run_one", "evaluate_run", "slurm_ids"]

@@ -21,11 +21,12 @@ from torch import nn
 from hpcdd.config import RunConfig, check_config
 from hpcdd.distill.base import Distiller
 from hpcdd.errors import ConfigError
+from hpcdd.generative.source import GeneratorSource
 from hpcdd.io import atomic_torch_save, try_torch_load
 from hpcdd.nets.base import init_weights
 from hpcdd.prereq import PrereqJob
 from hpcdd.seeding import generator
-from hpcdd.sources import GENERATORS, GeneratorSource, SyntheticSet
+from hpcdd.artefact import SyntheticSet
 from hpcdd.specs import METHODS, PREREQS, MethodSpec, PrereqRef, PrereqSpec
 from hpcdd.specs.base import register_method, register_prereq
 
@@ -149,7 +150,7 @@ class ToyGen(Distiller):
         super().__init__(cfg, data, accelerator, sampler, artefacts)
         info = data.info
         self.kwargs = {"num_classes": info.num_classes, "channels": info.channels, "im_size": info.im_size}
-        self.net = GENERATORS.get("toy")(**self.kwargs)
+        self.net = ToyGenerator(**self.kwargs)
         init_weights(self.net, generator(cfg.seed, "toygen-init"))
         self.opt = torch.optim.Adam(self.net.parameters(), lr=self.params.toy_lr)
         self.gen = generator(cfg.seed, "toygen")
@@ -175,7 +176,7 @@ class ToyGen(Distiller):
 
     def source(self) -> GeneratorSource:
         info = self.data.info
-        return GeneratorSource(self.net, "toy", self.kwargs, info.num_classes, 8, info.mean, info.std)
+        return GeneratorSource(self.net, self.kwargs, info.num_classes, 8, info.mean, info.std)  # arch doubles:ToyGenerator
 
     def synthetic(self, ipc: int | None = None) -> SyntheticSet:
         return self.source().sample(ipc or 1, generator(self.cfg.seed, "toygen-synthetic"))
@@ -188,6 +189,5 @@ if "toy_prereq" not in PREREQS:  # imported once per process, but be safe under 
                                prerequisites=_twostage_prereqs))
     register_method(MethodSpec("toygen", "doubles:ToyGen", "a toy generator (test double)", params=ToyGenParams,
                                defaults={"iterations": 4}, output="generator"))
-    GENERATORS.register("toy")(ToyGenerator)
 
 __all__ = ["ToyPrereq", "TwoStage", "ToyGen", "ToyGenerator", "METHODS"]

@@ -152,3 +152,20 @@ def test_bad_param_size_rejected() -> None:
     d = DSA("scale").draw(3, _gen(0), batchmode=False, im_size=32)
     with pytest.raises(ValueError):
         DSA("scale").apply(_images(4), d)
+
+
+@pytest.mark.parametrize("batchmode", [True, False])
+def test_chain_applies_every_op_in_order_with_one_draw(batchmode: bool) -> None:
+    """DiffAug as DiM uses it: colour, crop and cutout all applied, the draw reusable (siamese)."""
+    x, y = _images(seed=1), _images(seed=2)
+    chain = DSA("color_crop_cutout", chain=True)
+    d = chain.draw(x.shape[0], _gen(3), batchmode=batchmode, im_size=32)
+    assert d.op == "color+crop+cutout"
+    expected = x
+    for op in ("color", "crop", "cutout"):
+        keys = {"color": ("brightness", "saturation", "contrast"), "crop": ("tx", "ty"),
+                "cutout": ("x0", "y0", "size")}[op]
+        expected = DSA(op).apply(expected, AugDraw(op, {k: d.params[k] for k in keys}))
+    assert torch.equal(chain.apply(x, d), expected)
+    assert torch.equal(chain.apply(y, d), chain.apply(y, d))
+    assert DSA("none", chain=True).apply(x, DSA("none", chain=True).draw(6, _gen(0), batchmode=True, im_size=32)) is x

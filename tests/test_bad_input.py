@@ -70,6 +70,11 @@ def finished(tmp_path_factory) -> Path:
     (["--sampler", "dream", "--query-k", "3"], "not a multiple of query_k"),
     (["--sampler", "dream", "--interval", "0"], "interval must be >= 1"),
     (["--method", "random", "--sampler", "dream"], "takes no sampler"),
+    (["--method", "global_local", "--pool", "convnet3,resnet10_imagenet",
+      "--local-layers", "convnet3:block2,resnet10_imagenet:block2"],
+     "pool model resnet10_imagenet has no layer 'block2'; choose one of: layer1, layer2, layer3, layer4"),
+    (["--method", "dim", "--im-size", "64"], "no default pool for 64 px images"),
+    (["--method", "cgan", "--im-size", "64"], "DiM's GAN handles 28 or 32 px images, got 64"),
 ])
 def test_distill_refuses(capsys, tmp_path, flags, words):
     err = refused(capsys, tmp_path, "distill", *TINY, *flags, "--out", str(tmp_path / "r"))
@@ -159,3 +164,18 @@ def test_evaluate_refuses_a_broken_synset(capsys, finished, tmp_path, case, chan
 
 def test_show_with_a_bad_scale(capsys, finished, tmp_path):
     refused(capsys, finished, "show", str(finished), "--scale", "0", "-o", str(tmp_path / "g.png"))
+
+
+# ----------------------------------------------------------------------------------------------
+# generator-only commands on a fixed image set
+
+
+def test_resample_evaluation_of_an_image_run(capsys, finished):
+    err = refused(capsys, finished.parent, "evaluate", str(finished), "--eval-kind", "resample", "--eval-epochs", "1",
+                  "--eval-n", "1", "--no-progress")
+    assert "eval_kind resample draws fresh images from a generator" in err
+
+
+def test_generate_from_a_run_without_a_generator(capsys, finished, tmp_path):
+    err = refused(capsys, tmp_path, "generate", str(finished), "--ipc", "2", "--out", str(tmp_path / "s.pt"))
+    assert "holds a fixed image set (random); only generator runs can draw new images" in err

@@ -329,3 +329,64 @@ def test_bench_kmeans_scores_picks_against_kmeanspp():
     assert rows["faiss k-means++"]["picks_agree_with_kmeanspp"] == 1.0  # same init, same Lloyd steps
     assert all(0 <= r["picks_agree_with_kmeanspp"] <= 1 and r["cpu_s"] >= 0 for r in rows.values())
     assert rows["torch random (official)"]["niter"] == "<=100 tol=0.0001"
+
+
+def _bench(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "bench" / name), *args], capture_output=True, text=True,
+                          timeout=900)
+
+
+def test_generative_compare_pairs_seeds_and_says_whether_the_interval_excludes_zero(tmp_path):
+    def csv(gl: list[float]) -> Path:
+        rows = []
+        for seed, (dim_acc, gl_acc) in enumerate(zip([0.70, 0.71, 0.69], gl)):
+            for method, acc in (("dim", dim_acc), ("global_local", gl_acc)):
+                rows.append({"method": method, "ipc": 10, "seed": seed, "eval_kind": "fixed", "protocol": "dc300",
+                             "acc_mean__convnet3": acc, "accs__convnet3": "+".join([str(acc)] * 5)})
+        rows.append({"method": "dim", "ipc": 1, "seed": 0, "eval_kind": "fixed", "protocol": "dc300",
+                     "acc_mean__convnet3": 0.5, "accs__convnet3": "0.5"})  # another ipc: ignored
+        path = tmp_path / f"{gl[0]}.csv"
+        pd.DataFrame(rows).to_csv(path, index=False)
+        return path
+
+    noisy = _bench("generative_compare.py", str(csv([0.72, 0.715, 0.71])))
+    assert noisy.returncode == 0, noisy.stderr
+    # diffs 2.0, 0.5, 2.0 points: mean 1.5, t(0.975, 2) * sd / sqrt(3) = 2.15
+    assert "mean paired difference +1.50 points, 95 % t-interval [-0.65, +3.65] over 3 seeds; not resolved" in noisy.stdout
+    steady = _bench("generative_compare.py", str(csv([0.72, 0.731, 0.709])))
+    assert "[+1.75, +2.25] over 3 seeds; resolved" in steady.stdout and "| 1 | 71.00 | 5 | 73.10 | 5 | +2.10 |" in steady.stdout
+    one = pd.read_csv(csv([0.72, 0.731, 0.709]))
+    one[one["seed"] == 0].to_csv(tmp_path / "one.csv", index=False)
+    refused = _bench("generative_compare.py", str(tmp_path / "one.csv"))
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_generative_benches_run(tmp_path):
+    """bench_gan, pilot_generative and alexnet_probe on digits at toy sizes."""
+    import torch
+
+    from hpcdd.data import load_dataset
+    from hpcdd.generative.nets import build_generator
+    from hpcdd.generative.source import GeneratorSource
+
+    gan = _bench("bench_gan.py", "--widths", "8", "--steps", "1", "--warmup", "0", "--dataset", "digits",
+                 "--threads", "1", "--out", str(tmp_path / "gan.csv"))
+    assert gan.returncode == 0, gan.stderr
+    assert set(pd.read_csv(tmp_path / "gan.csv")["precision"]) == {"fp32", "bf16"}
+    pilot = _bench("pilot_generative.py", "--dataset", "digits", "--width", "8", "--warmup-batches", "1", "--steps", "1",
+                   "--nets", "convnet3", "--ipcs", "2", "--kinds", "resample", "--epochs", "1",
+                   "--out", str(tmp_path / "pilot.csv"))
+    assert pilot.returncode == 0, pilot.stderr
+    assert len(pd.read_csv(tmp_path / "pilot.csv")) == 3 and len(pd.read_csv(tmp_path / "pilot_eval.csv")) == 2
+    info = load_dataset("digits").info
+    G = build_generator(10, 1, 28, width=8, generator=torch.Generator().manual_seed(0))
+    state = GeneratorSource(G, {"num_classes": 10, "channels": 1, "im_size": 28, "width": 8}, 10, 100,
+                            info.mean, info.std).state_dict()
+    torch.save(state, tmp_path / "generator.pt")
+    probe = _bench("alexnet_probe.py", str(tmp_path / "generator.pt"), "--dataset", "digits", "--ipc", "2",
+                   "--models", "1", "--epochs", "1", "--test", "50", "--variants", "matched",
+                   "--out", str(tmp_path / "probe.csv"))
+    assert probe.returncode == 0, probe.stderr
+    rows = pd.read_csv(tmp_path / "probe.csv")
+    assert set(zip(rows["net"], rows["set"], rows["variant"])) == {
+        (n, s, v) for n in ("alexnet", "convnet3") for s, v in (("real", "as-is"), ("generated", "matched"))}

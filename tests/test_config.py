@@ -11,7 +11,7 @@ from hpcdd.catalog import (
 )
 from hpcdd.config import EvalConfig, ExecConfig, RunConfig, from_dict, non_default, to_dict
 from hpcdd.errors import ConfigError
-from hpcdd.names import DATASET_NAMES, NET_NAMES
+from hpcdd.names import DATASET_NAMES, DATASET_SIZES, NET_LAYERS, NET_NAMES
 
 
 def test_defaults_are_the_papers():
@@ -193,6 +193,10 @@ def test_torch_free_name_lists_match_the_registries():
 
     assert list(DATASET_NAMES) == DATASETS.names()
     assert list(NET_NAMES) == NETS.names()
+    for name, layers in NET_LAYERS.items():
+        assert NETS.get(name)(1, 10, 28).feature_layers == layers, name
+    for name in ("digits", "fashionmnist"):  # the datasets every machine here has
+        assert DATASETS.get(name).load(None, False, None).info.im_size == DATASET_SIZES[name]
 
 
 def test_resolution_imports_no_torch_and_no_method():

@@ -1,4 +1,4 @@
-"""DiM's conditional GAN (hpcdd.nets.gan) and the generative-distillation losses (hpcdd.gan_losses)."""
+"""DiM's conditional GAN (hpcdd.generative.nets) and the generative-distillation losses (hpcdd.generative.losses)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpcdd.errors import ConfigError
-from hpcdd.gan_losses import (
+from hpcdd.generative.losses import (
     DimRecipe,
     d_loss,
     from_normalized,
@@ -22,7 +22,7 @@ from hpcdd.gan_losses import (
     local_feature_loss,
     to_normalized,
 )
-from hpcdd.nets.gan import (
+from hpcdd.generative.nets import (
     Discriminator,
     Generator,
     build_discriminator,

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from hpcdd import prereq
-from hpcdd.catalog import configs_from_flat, prereq_id, prerequisites, resolve
+from hpcdd.catalog import configs_from_flat, eval_id, prereq_id, prerequisites, resolve
 from hpcdd.cli import main
 from hpcdd.config import EvalConfig, ExecConfig
 from hpcdd.errors import ConfigError, NonFiniteLossError
 from hpcdd.run import run_one
 from hpcdd.runtime.checkpoint import checkpoint_files
 from hpcdd.runtime.preempt import Interrupted
-from hpcdd.sources import load_source
+from hpcdd.artefact import load_source
 
 from helpers import stop_after
 
@@ -131,7 +131,7 @@ def test_stage_two_resume_is_bit_identical(tmp_path, trained):
 
 
 def test_a_nan_in_a_gan_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch):
-    import hpcdd.distill.gan as gan
+    import hpcdd.generative.gan as gan
 
     real = gan.d_loss
     calls = {"n": 0}
@@ -173,3 +173,104 @@ def test_bad_generative_values_are_one_line(capsys, tmp_path, flags, words):
 def test_a_missing_local_layer_for_a_pool_model_is_refused():
     with pytest.raises(ConfigError, match="local_layers names no layer for pool model"):
         resolve(cfg(pool=["convnet3", "resnet18"], local_layers=["convnet3:block2"]))
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 18: cgan, DiM's pool and augmentation, timing, bf16, the running pretraining's identity
+
+
+def test_the_running_fmnist_pretraining_keeps_its_identity():
+    """launch/generative_fmnist.yaml reuses the pretraining built with these keys (gan_pretrain/9d868e47ea1f)."""
+    keys = {"dataset": "fashionmnist", "gan_steps": 9000, "gan_batch": 64, "gan_width": 64, "gan_lr": 0.0002}
+    for method in ("cgan", "dim", "global_local"):
+        run, _ = configs_from_flat({"method": method, **keys}, where="test")
+        assert prereq_id(prerequisites(resolve(run))[0]) == "9d868e47ea1f"
+    run, _ = configs_from_flat({"method": "dim", "gan_precision": "bf16", **keys}, where="test")
+    assert prereq_id(prerequisites(resolve(run))[0]) != "9d868e47ea1f"
+
+
+def test_cgan_is_the_pretrained_generator_without_matching(trained, tmp_path):
+    gan_keys = {k: v for k, v in TINY.items() if k.startswith("gan_") or k in ("dataset", "ipc")}
+    run, _ = configs_from_flat({"method": "cgan", **gan_keys}, where="test")
+    assert resolve(run).iterations == 0
+    assert prereq_id(prerequisites(resolve(run))[0]) == prereq_id(prerequisites(resolve(cfg()))[0])
+    run_one(run, tmp_path / "cgan", exe(trained / "art"), evaluate=False)
+    [gan] = json.loads((trained / "run" / "prerequisites.json").read_text()).values()
+    weights = torch.load(tmp_path / "cgan" / "generator.pt", weights_only=True)["weights"]
+    stage1 = torch.load(Path(gan) / "gan.pt", weights_only=True)["G"]
+    assert weights.keys() == stage1.keys() and all(torch.equal(weights[k], stage1[k]) for k in weights)
+    tuned = torch.load(trained / "run" / "generator.pt", weights_only=True)["weights"]
+    assert not all(torch.equal(tuned[k], stage1[k]) for k in tuned)  # stage 2 moved the generator
+
+
+def test_dims_pool_is_the_default_at_28_px_and_the_cifar_resnets_stay_available():
+    from hpcdd.specs.generative import pool_models
+
+    assert pool_models(None, 28) == ("convnet3", "resnet10_imagenet", "resnet18_imagenet")
+    assert pool_models(("resnet10", "resnet18"), 28) == ("resnet10", "resnet18")
+    resolve(cfg(pool=["resnet10", "resnet18"], local_layers=["resnet10:layer2", "resnet18:layer2"]))
+    default, _ = configs_from_flat({"method": "global_local", "dataset": "digits"}, where="test")
+    assert resolve(default).params["pool"] is None  # DiM's pool, and a local layer for each of its models
+
+
+def test_the_run_records_pool_training_against_the_gan_step(trained):
+    done = json.loads((trained / "run" / "done").read_text())
+    info = done["method_info"]
+    assert info["pool_seconds"] > 0 and info["gan_seconds"] > 0 and info["pool_s_per_step"] > 0
+    row = json.loads((trained / "run" / "eval" / eval_id(EVAL) / "result.json").read_text())
+    assert row["distill_pool_seconds"] == info["pool_seconds"] and row["distill_gan_s_per_step"] > 0
+
+
+def test_matching_augments_real_and_generated_with_all_ops_of_one_draw(trained, tmp_path, monkeypatch):
+    """Every matching batch gets colour, crop and cutout together, the same draw for both halves;
+    every pool batch gets colour and crop with per-sample parameters."""
+    from hpcdd.augment import DSA
+
+    seen = []
+    real_apply = DSA.apply
+
+    def spy(self, x, draw):
+        seen.append((self.strategy, draw.op, {k: v.shape[0] for k, v in draw.params.items()}, x.shape[0], id(draw)))
+        return real_apply(self, x, draw)
+
+    monkeypatch.setattr(DSA, "apply", spy)
+    run_one(cfg(iterations=1), tmp_path / "r", exe(trained / "art"), evaluate=False)
+    match = [s for s in seen if s[0] == "color_crop_cutout"]
+    pool = [s for s in seen if s[0] == "color_crop"]
+    assert len(match) == 2 and match[0][4] == match[1][4] and match[0][1] == "color+crop+cutout"
+    assert set(match[0][2].values()) == {1}
+    assert pool and all(s[1] == "color+crop" and set(s[2].values()) == {s[3]} for s in pool)
+
+
+def test_bf16_gan_steps_train_and_keep_fp32_weights(tmp_path):
+    [ref] = prerequisites(resolve(cfg(gan_steps=2, gan_precision="bf16")))
+    out = prereq.build(ref, exe(tmp_path))
+    state = torch.load(out / "gan.pt", weights_only=True)
+    assert state["config"]["precision"] == "bf16"
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in state["G"].values()
+               if v.is_floating_point())
+
+
+def test_the_fmnist_grid_measures_what_issue_18_asks():
+    from hpcdd.sweep.grid import load_grid
+
+    repo = Path(__file__).resolve().parents[1]
+    sweep = load_grid(repo / "launch" / "generative_fmnist.yaml")
+    assert [p.key for p in sweep.prereqs] == ["gan_pretrain/9d868e47ea1f"]  # the pretraining already built
+    cells = {(c.config.method, c.eval.ipc or c.config.ipc, c.eval.kind, c.eval.models, c.config.seed): c.eval.n
+             for c in sweep.cells}
+    methods = ("cgan", "dim", "global_local", "random")
+    for m in methods:
+        for ipc in (1, 10, 50):
+            assert (m, ipc, "fixed", ("convnet3",), 0) in cells
+    for m in ("dim", "global_local"):
+        assert all(cells[(m, 10, "fixed", ("convnet3",), s)] >= 5 for s in (0, 1, 2))
+        assert cells[(m, 10, "fixed", ("alexnet", "vgg11", "resnet18"), 0)] >= 3
+    assert {(m, ipc) for m, ipc, kind, *_ in cells if kind == "resample"} == {
+        (m, ipc) for m in methods[:3] for ipc in (10, 50)}
+    assert cells[("random", 10, "fixed", ("alexnet", "vgg11", "resnet18"), 0)] >= 3
+    assert {c.eval.epochs for c in sweep.cells} == {100}
+    ablation = load_grid(repo / "launch" / "ablation_local.yaml")
+    assert ablation.prereqs == sweep.prereqs
+    shared = {(c.run_id, c.eval_id) for c in sweep.cells} & {(c.run_id, c.eval_id) for c in ablation.cells}
+    assert len(shared) == 1  # lambda_local 1e-3 is the main sweep's global_local seed 0

@@ -20,8 +20,8 @@ try:
 except SystemExit as e:
     rc = e.code
 heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'submitit')
-               or m in ('hpcdd.run', 'hpcdd.prereq', 'hpcdd.evaluate', 'hpcdd.sources')
-               or m.startswith(('hpcdd.distill', 'hpcdd.select', 'hpcdd.nets', 'hpcdd.data')))
+               or m in ('hpcdd.run', 'hpcdd.prereq', 'hpcdd.evaluate', 'hpcdd.artefact', 'hpcdd.imagegrid')
+               or m.startswith(('hpcdd.distill', 'hpcdd.select', 'hpcdd.nets', 'hpcdd.data', 'hpcdd.generative')))
 print('HEAVY', heavy, file=sys.stderr)
 sys.exit(rc)
 """

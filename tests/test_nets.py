@@ -11,7 +11,7 @@ from hpcdd.nets import NETS, Net, build
 
 EXPECTED_NETS = {
     "convnet3", "convnet3_bn", "convnet4", "convnet4_bn", "alexnet",
-    "vgg11", "resnet10", "resnet18", "mlp", "lenet",
+    "vgg11", "resnet10", "resnet18", "resnet10_imagenet", "resnet18_imagenet", "mlp", "lenet",
 }  # fmt: skip
 SHAPES = [(1, 28), (1, 32), (3, 28), (3, 32)]
 
@@ -129,3 +129,19 @@ def test_generator_init_is_deterministic_and_default_like(name: str) -> None:
             assert torch.equal(value, ref), key
         elif value.numel() >= 1000:  # same uniform bound as PyTorch's default init
             torch.testing.assert_close(value.abs().max(), ref.abs().max(), rtol=0.05, atol=0)
+
+
+@pytest.mark.parametrize(("name", "mmac"), [("resnet10", 207), ("resnet18", 456), ("resnet10_imagenet", 15),
+                                            ("resnet18_imagenet", 33)])
+def test_resnet_stems_cost_and_layer2_as_dim_builds_them(name: str, mmac: int) -> None:
+    """DiM's MNIST/Fashion-MNIST ResNets: 7x7 stride-2 stem + max-pool, layer2 4x4 at 28 px; the
+    CIFAR-style ones keep full resolution (14x14 layer2), ~14x the multiply-accumulates."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = build(name, 1, 10, 28, generator=_gen(0)).eval()
+    x = _batch(1, 28, n=1)
+    with FlopCounterMode(display=False) as counter:
+        net(x)
+    assert round(counter.get_total_flops() / 2e6) == mmac
+    side = 4 if name.endswith("_imagenet") else 14
+    assert net.features(x, "layer2").shape == (1, 128, side, side)

@@ -155,7 +155,7 @@ def test_generator_source_fixed_and_resample(tmp_path, plugins):
     assert again["protocol"] == "dim-resample2" and again["ipc"] == 5
     with pytest.raises(ConfigError, match="eval_ipc"):
         evaluate_run(tmp_path, EvalConfig(epochs=1, n=1), exe())
-    from hpcdd.sources import load_source
+    from hpcdd.artefact import load_source
 
     source, _ = load_source(tmp_path / "generator.pt", "generator")
     g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)

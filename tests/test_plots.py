@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from hpcdd.report.aggregate import aggregate
-from hpcdd.report.images import (
+from hpcdd.imagegrid import (
     grid_size, image_grid_figure, labelled_grid_figure, save_image_grid, tile_grid,
 )
 from hpcdd.report.plots import (

@@ -27,7 +27,7 @@ import torch
 from hpcdd.errors import ConfigError, HpcddError
 from hpcdd.report.aggregate import aggregate, load_results_csv
 from hpcdd.report.commands import register
-from hpcdd.report.images import grid_size, save_image_grid
+from hpcdd.imagegrid import grid_size, save_image_grid
 from hpcdd.report.plots import load_curves
 from hpcdd.report.published import load_published
 from hpcdd.report.render import render

@@ -14,12 +14,12 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from hpcdd.artefact import ImageSource, Source, SyntheticSet
 from hpcdd.augment import DSA
 from hpcdd.config import RunConfig, from_dict
 from hpcdd.data import ClassBank
 from hpcdd.distill.common import class_labels, initial_images
 from hpcdd.nets.embed import REAL_CHUNK
-from hpcdd.sources import ImageSource, Source, SyntheticSet
 from hpcdd.specs import METHODS
 
 
@@ -63,6 +63,11 @@ class Distiller(ABC):
     def source(self) -> Source:
         """The artefact saved and evaluated: by default the fixed image set."""
         return ImageSource(self.synthetic())
+
+    def info(self) -> dict[str, Any]:
+        """Plain values about the finished distillation for ``done.json`` and the result row
+        (columns ``distill_<key>``), e.g. where its time went. Empty by default."""
+        return {}
 
 
 class ImageDistiller(Distiller):

@@ -1,8 +1,15 @@
-"""CIFAR-style ResNet10 / ResNet18 with BatchNorm (as in the DC code's ResNet*BN).
+"""ResNet10 / ResNet18 with BatchNorm, with either stem.
 
-3x3 stem conv (64, stride 1, no max-pool), four stages of BasicBlocks
-(64, 128, 256, 512 channels; stride 1, 2, 2, 2), global average pool and a
-linear classifier. The global pool makes it size-agnostic (28 px 1-channel works).
+* ``resnet10``, ``resnet18``: CIFAR-style (the DC code's ResNet*BN): 3x3 stem conv (64, stride 1,
+  no max-pool), so layer1 runs at full resolution (about 207 / 456 MMAC per 28x28 image).
+* ``resnet10_imagenet``, ``resnet18_imagenet``: the ImageNet stem (7x7 stride-2 conv, padding 3,
+  then 3x3 stride-2 max-pool, padding 1), as DiM (``vimar-gu/DiM``, ``models/resnet.py``, net size
+  'large') builds its pool ResNets for MNIST and Fashion-MNIST: 28 -> 14 -> 7 before layer1, layer2
+  is 4x4, about 15 / 33 MMAC per 28x28 image. The default pool of the generative methods at 32 px
+  and below.
+
+Both: four stages of BasicBlocks (64, 128, 256, 512 channels; stride 1, 2, 2, 2), global average
+pool and a linear classifier, so any input size works (28 px 1-channel included).
 """
 
 from __future__ import annotations
@@ -11,7 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hpcdd.errors import ConfigError
 from hpcdd.nets.base import NETS, StagedNet, check_dims
+
+STEMS = ("cifar", "imagenet")
 
 
 class BasicBlock(nn.Module):
@@ -40,15 +50,19 @@ class ResNet(StagedNet):
     """Stages ``stem``, ``layer1`` .. ``layer4``, ``pool``; features ``layer1`` .. ``layer4``."""
 
     def __init__(
-        self, channels: int, num_classes: int, im_size: int, *, blocks: tuple[int, int, int, int]
+        self, channels: int, num_classes: int, im_size: int, *, blocks: tuple[int, int, int, int],
+        stem: str = "cifar",
     ) -> None:
         check_dims("ResNet", channels, num_classes, im_size)
-        stem = nn.Sequential(
-            nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False),
-            nn.BatchNorm2d(64),
-            nn.ReLU(inplace=True),
-        )
-        stages: list[tuple[str, nn.Module]] = [("stem", stem)]
+        if stem not in STEMS:
+            raise ConfigError(f"ResNet: unknown stem {stem!r}; choose one of: {', '.join(STEMS)}")
+        if stem == "cifar":
+            first: list[nn.Module] = [nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False)]
+        else:
+            first = [nn.Conv2d(channels, 64, 7, stride=2, padding=3, bias=False)]
+        after = [nn.MaxPool2d(kernel_size=3, stride=2, padding=1)] if stem == "imagenet" else []
+        stem_net = nn.Sequential(*first, nn.BatchNorm2d(64), nn.ReLU(inplace=True), *after)
+        stages: list[tuple[str, nn.Module]] = [("stem", stem_net)]
         in_planes = 64
         for i, (planes, count) in enumerate(zip((64, 128, 256, 512), blocks)):
             first_stride = 1 if i == 0 else 2
@@ -70,3 +84,13 @@ def resnet10(channels: int, num_classes: int, im_size: int) -> ResNet:
 @NETS.register("resnet18")
 def resnet18(channels: int, num_classes: int, im_size: int) -> ResNet:
     return ResNet(channels, num_classes, im_size, blocks=(2, 2, 2, 2))
+
+
+@NETS.register("resnet10_imagenet")
+def resnet10_imagenet(channels: int, num_classes: int, im_size: int) -> ResNet:
+    return ResNet(channels, num_classes, im_size, blocks=(1, 1, 1, 1), stem="imagenet")
+
+
+@NETS.register("resnet18_imagenet")
+def resnet18_imagenet(channels: int, num_classes: int, im_size: int) -> ResNet:
+    return ResNet(channels, num_classes, im_size, blocks=(2, 2, 2, 2), stem="imagenet")

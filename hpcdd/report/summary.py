@@ -32,9 +32,9 @@ def show_run(run_dir: Path, output: str | None = None, *, ipc: int | None = None
     """Text for ``hpcdd show``; also writes the PNG grid of the run's images (a generator run
     draws ``ipc`` per class from noise seeded by ``seed``)."""
     from hpcdd import rundir
-    from hpcdd.report.images import save_image_grid
+    from hpcdd.imagegrid import save_image_grid
     from hpcdd.seeding import generator
-    from hpcdd.sources import load_source
+    from hpcdd.artefact import load_source
     from hpcdd.specs import METHODS
 
     cfg = rundir.read_config(run_dir)
@@ -66,7 +66,7 @@ def generate_synset(run_dir: Path, ipc: int, out: Path, *, seed: int = 0) -> tup
     from hpcdd import rundir
     from hpcdd.io import atomic_torch_save
     from hpcdd.seeding import generator
-    from hpcdd.sources import load_source
+    from hpcdd.artefact import load_source
     from hpcdd.specs import METHODS
 
     if ipc < 1:

@@ -153,9 +153,14 @@ def register_prereq(spec: PrereqSpec) -> PrereqSpec:
     return PREREQS.add(spec.kind, spec)
 
 
+def plugin_modules() -> list[str]:
+    """The module names in ``$HPCDD_PLUGINS``."""
+    return [n for n in (n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(",")) if n]
+
+
 def load_plugins() -> None:
     """Import the modules named in ``$HPCDD_PLUGINS`` (a no-op for those already imported)."""
-    for name in filter(None, (n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(","))):
+    for name in plugin_modules():
         try:
             importlib.import_module(name)
         except ImportError as e:
@@ -175,5 +180,5 @@ def param_names(cls: type) -> tuple[str, ...]:
 __all__ = [
     "NoParams", "PrereqRef", "MethodSpec", "SamplerSpec", "PrereqSpec", "SpecRegistry",
     "METHODS", "SAMPLERS", "PREREQS", "register_method", "register_sampler", "register_prereq",
-    "load_impl", "load_plugins", "param_names", "PLUGINS_ENV",
+    "load_impl", "load_plugins", "plugin_modules", "param_names", "PLUGINS_ENV",
 ]

@@ -53,10 +53,8 @@ from torch import nn
 
 from hpcdd.errors import ConfigError
 from hpcdd.nets.base import init_weights
-
-SUPPORTED_SIZES = (28, 32)
-LABEL_MODES = ("onehot", "embed")
-HEADS = ("acgan", "projection")
+from hpcdd.specs.generative import GAN_SIZES as SUPPORTED_SIZES
+from hpcdd.specs.generative import HEADS, LABEL_MODES
 
 
 def _check(name: str, num_classes: int, channels: int, im_size: int, width: int) -> None:

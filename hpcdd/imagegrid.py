@@ -1,5 +1,8 @@
 """Save a synthetic set as one labelled PNG grid: one row per class, the class name at its left.
 
+A low-level writer (torch, matplotlib and PIL imported when called) below both the methods (the
+GAN pretraining's sample grids) and the report layer (``hpcdd show``), so neither lifts the other.
+
 The tiles are laid out by ``torchvision.utils.make_grid`` (white padding; a class with fewer
 images than the widest row is filled with white tiles) after a nearest-neighbour upscale by an
 integer ``scale``, so a 28 px Fashion-MNIST image becomes a 112 px tile at the default

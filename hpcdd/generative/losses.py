@@ -3,7 +3,7 @@ global logit matching and Li et al.'s local feature matching. Pure functions of 
 modules; the optimisers, the pool model and the loop belong to the caller.
 
 Notation: ``D(x, y) = (c(x), l(x))`` is the critic (B,) and the class logits (B, K) of
-:class:`hpcdd.nets.gan.Discriminator` (``y`` is used only by a projection critic);
+:class:`hpcdd.generative.nets.Discriminator` (``y`` is used only by a projection critic);
 ``G(z, y)`` the generator; CE the mean cross-entropy.
 
 The official recipe (``vimar-gu/DiM``: ``gen_condense.py`` pretraining, ``pool_match.py``
