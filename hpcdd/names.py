@@ -1,8 +1,8 @@
 """The registered dataset and net names, for ``--help`` and messages without importing torch.
 
 The registries themselves (``hpcdd.data.DATASETS``, ``hpcdd.nets.NETS``) live with the torch code;
-``tests/test_specs.py`` checks that these lists equal them, so a new dataset or net adds its name
-here too.
+``tests/test_config.py`` (``test_torch_free_name_lists_match_the_registries``) checks that these
+lists equal them, so a new dataset or net adds its name here too.
 """
 
 DATASET_NAMES = ("cifar10", "cifar100", "digits", "fashionmnist", "imagefolder", "mnist", "mnist5k", "svhn")

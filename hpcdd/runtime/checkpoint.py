@@ -3,13 +3,14 @@
 Files are ``checkpoint/ckpt-<iteration 8 digits>.pt``, written by ``atomic_torch_save`` (temp
 file, fsync, rename), so a crash leaves either the old or the new file, never a torn one. The
 newest ``KEEP`` files are kept. A reader skips an unreadable newest file and falls back to the
-previous one; if files exist but none is readable, it raises ``CheckpointError``.
+previous one (saying so through ``warn``: one line, never a Python ``UserWarning`` with its source
+line); if files exist but none is readable, it raises ``CheckpointError``.
 """
 
 from __future__ import annotations
 
 import re
-import warnings
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,13 +43,20 @@ def save_checkpoint(ckpt_dir: Path, it: int, state: dict[str, Any]) -> Path:
     return path
 
 
+def warn_line(msg: str) -> None:
+    """A warning as one stderr line, ``hpcdd: warning: ...``."""
+    print(f"hpcdd: warning: {msg}", file=sys.stderr, flush=True)
+
+
 def load_latest(ckpt_dir: Path, run_id: str,
-                restore: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+                restore: Callable[[dict[str, Any]], None] | None = None,
+                warn: Callable[[str], None] = warn_line) -> dict[str, Any] | None:
     """The newest valid checkpoint of ``run_id``, ``None`` if there is none at all.
 
     With ``restore``, a checkpoint counts as valid only if ``restore(state)`` succeeds: one that
     carries the right run id but cannot be restored (a missing key, a wrong tensor shape) is
-    skipped like a corrupt one, and the previous checkpoint is tried.
+    skipped like a corrupt one, and the previous checkpoint is tried. Each skipped file is
+    reported by ``warn(message)`` (default: one stderr line).
     """
     files = checkpoint_files(ckpt_dir)
     for it, path in files:
@@ -60,10 +68,10 @@ def load_latest(ckpt_dir: Path, run_id: str,
                 restore(state)
                 return state
             except (KeyError, IndexError, ValueError, TypeError, RuntimeError) as e:
-                warnings.warn(f"skipping checkpoint {path} that cannot be restored "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", stacklevel=2)
+                why = str(e).splitlines()[0][:200] if str(e) else ""
+                warn(f"skipping checkpoint {path} that cannot be restored ({type(e).__name__}: {why})")
                 continue
-        warnings.warn(f"skipping unreadable or foreign checkpoint {path}", stacklevel=2)
+        warn(f"skipping unreadable or foreign checkpoint {path}")
     if files:
         raise CheckpointError(
             f"no usable checkpoint in {ckpt_dir} (all {len(files)} corrupt, unrestorable or from "

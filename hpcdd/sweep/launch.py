@@ -21,6 +21,7 @@ for the whole array instead of fsyncs per file (see :func:`_durable`). The submi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -226,7 +227,11 @@ def execute(plan: Plan, *, cancel_dropped: bool = False,
         return report
     exec_dict = to_dict(dataclasses.replace(plan.sweep.exec, threads=job_threads(plan.cluster, plan.sweep)))
     if plan.cluster != "slurm":
-        _run_here(plan, todo, exec_dict, report, echo)
+        try:
+            _run_here(plan, todo, exec_dict, report, echo)
+        finally:  # submitit's local controller creates its folder with '%j' unexpanded: empty
+            with contextlib.suppress(OSError):
+                (plan.runs_dir / SUBMITIT_DIR / "%j").rmdir()
         return report
     for wave in _waves(todo):
         for group in _by_dependency(plan, wave, report):
