@@ -117,13 +117,14 @@ def check_free(run_dir: Path, ident: str, overwrite: bool = False, kind: str = R
 
     A dir holding another hpcdd run is refused unless ``overwrite`` (which deletes only the files
     hpcdd writes, see ``OWNED``; not yet with ``clear_now=False``, a check before taking the lock);
-    a non-empty dir that is not an hpcdd run dir is always refused. A dir holding only the
-    ``job.json`` a sweep launch wrote is free: its job writes the identity files when it starts.
+    a non-empty dir that is not an hpcdd run dir is always refused. A dir holding only what a sweep
+    launch wrote (its ``job.json``, and ``eval/<id>/job.json`` with ``separate_evals``) is free:
+    its job writes the identity files when it starts.
     """
     run_dir = Path(run_dir)
     mark = read_mark(run_dir)
     if mark is None:
-        if run_dir.is_dir() and any(p.name not in (LOCK, ".write-test", JOB) for p in run_dir.iterdir()):
+        if run_dir.is_dir() and not _only_launch_files(run_dir):
             raise RunDirError(f"{run_dir} is not empty and is not an hpcdd run dir; choose another --out")
         return
     if mark.get("run_id") != ident and not overwrite:
