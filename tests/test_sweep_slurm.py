@@ -480,6 +480,22 @@ def test_a_relaunch_after_the_launcher_was_killed_submits_no_task_twice(slurm_en
         sh("scancel", "-n", f"hpcdd-{name}-eval")
 
 
+def test_cancel_after_a_killed_launch_cancels_what_it_submitted(slurm_env, tmp_path, capsys):
+    name = f"sl-crash-cancel-{os.getpid()}"
+    grid, runs = _crash_grid(tmp_path, name, HELD)
+    try:
+        _killed_launch("sbatch-after", 2, grid, runs)  # the run array recorded, the eval array not
+        assert len(_live_jobs(name)) == 6
+        assert sweep_cli("status", grid, "--out", str(runs)) == 0
+        assert "an interrupted launch left 1 submission record(s)" in capsys.readouterr().err
+        assert sweep_cli("cancel", grid, "--out", str(runs)) == 0
+        assert "cancelled 6 job(s)" in capsys.readouterr().out
+        wait_until(lambda: not _live_jobs(name), 30, "the cancelled jobs to leave the queue")
+    finally:
+        sh("scancel", "-n", f"hpcdd-{name}")
+        sh("scancel", "-n", f"hpcdd-{name}-eval")
+
+
 def test_a_launch_killed_inside_sbatch_runs_every_task_once(slurm_env, tmp_path):
     """The array sbatch accepted is found, its pickles put in place while its tasks wait for them,
     and every distillation and evaluation runs exactly once (accounting lists 6 jobs, all done)."""

@@ -135,7 +135,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     extra = f"; prerequisites: {state_counts(prereqs)}" if prereqs else ""
     shown = f" (showing {args.state})" if args.state else ""
     print(f"sweep {sweep.name}: {len(cells)} cells: {state_counts(cells)}{extra}{shown}")
+    _note_interrupted(runs_dir, sweep.name)
     return 0
+
+
+def _note_interrupted(runs_dir: Path, name: str) -> None:
+    from hpcdd.sweep.reconcile import pending_intents
+
+    n = len(pending_intents(runs_dir, name))
+    if n:
+        print(f"hpcdd: note: an interrupted launch left {n} submission record(s): tasks shown as "
+              "'not launched' may be queued; 'hpcdd sweep launch' reconciles them first", file=sys.stderr)
 
 
 def _counts(states, order) -> dict[str, int]:
@@ -155,11 +165,13 @@ def _state_name(text: str) -> str:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     """scancel every queued or running Slurm job of the grid's tasks (one call)."""
-    from hpcdd.sweep import scheduler
+    from hpcdd.sweep import reconcile, scheduler
     from hpcdd.sweep.state import ACTIVE, build_tasks, collect_states
 
     sweep = _load(args)
     runs_dir = Path(args.out)
+    if not args.dry_run and reconcile.pending_intents(runs_dir, sweep.name):
+        reconcile.reconcile(runs_dir, sweep.name)  # what a killed launch submitted: cancel it too
     states = collect_states(runs_dir, build_tasks(sweep, runs_dir), details=False)
     ids = sorted({s.job_id for s in states.values() if s.state in ACTIVE and s.job_id
                   and not s.job_id.startswith("DEBUG")})
