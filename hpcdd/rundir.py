@@ -311,6 +311,6 @@ __all__ = [
     "log", "read_mark", "read_config", "is_done", "ensure_writable", "check_free", "clear",
     "write_identity", "mark_done", "lock", "artefact_path", "eval_dir", "eval_ids",
     "read_eval_config", "eval_done", "read_result", "model_file", "artefact_root", "prereq_dir",
-    "is_owned", "check_output", "OWNED", "ARTEFACT_FILES", "CONFIG", "LOG", "METRICS", "CHECKPOINTS", "DONE", "RESULT", "JOB",
-    "LOCK", "PREREQS", "EVALS", "MODELS", "RUN_MARK", "RUN_KIND", "PREREQ_KIND",
+    "is_owned", "check_output", "OWNED", "ARTEFACT_FILES", "CONFIG", "LOG", "METRICS", "CHECKPOINTS",
+    "DONE", "RESULT", "JOB", "LOCK", "PREREQS", "EVALS", "MODELS", "RUN_MARK", "RUN_KIND", "PREREQ_KIND",
 ]

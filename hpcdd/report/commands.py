@@ -200,7 +200,8 @@ def _add_plot(sub: Any) -> None:
     p.add_argument("--hue", default="method",
                    help="comma-separated columns, one line per value (default: method; '' for none)")
     p.add_argument("--xscale", choices=("auto", "linear", "log"), default="auto",
-                   help="x axis scale (auto: log when positive values span >= 20x)")
+                   help="x axis scale (auto: log when the non-zero values are positive and span "
+                   ">= 20x; with a zero the log axis is symlog, so 0 keeps its own tick)")
     p.add_argument("--curve", "--metrics", dest="curve", action="store_true",
                    help="plot accuracy/loss vs iteration from the runs' metrics.jsonl")
     _add_filters(p)

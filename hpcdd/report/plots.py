@@ -282,9 +282,9 @@ def metrics_path(row_dir: str) -> str:
 def load_curves(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(eval rows, loss rows) from each run's metrics.jsonl, tagged with the run's row index.
 
-    Each row's metrics are its run's (:func:`metrics_path`). Eval rows have columns ``row, it, eval_acc, eval_model, eval_epochs`` (-1 if not logged);
-    loss rows ``row, it, loss``. An eval row at ``it == 0`` (the synthetic set at
-    initialisation) is kept like any other. A torn last line is skipped; runs without a metrics
+    Each row's metrics are its run's (:func:`metrics_path`). Eval rows have columns
+    ``row, it, eval_acc, eval_model, eval_epochs`` (-1 if not logged); loss rows ``row, it, loss``.
+    An eval row at ``it == 0`` (the synthetic set at initialisation) is kept like any other. A torn last line is skipped; runs without a metrics
     file are skipped; a row repeated for the same iteration keeps its last value.
     """
     if "run_dir" not in df.columns:
