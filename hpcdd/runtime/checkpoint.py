@@ -55,26 +55,30 @@ def load_latest(ckpt_dir: Path, run_id: str,
 
     With ``restore``, a checkpoint counts as valid only if ``restore(state)`` succeeds: one that
     carries the right run id but cannot be restored (a missing key, a wrong tensor shape) is
-    skipped like a corrupt one, and the previous checkpoint is tried. Each skipped file is
-    reported by ``warn(message)`` (default: one stderr line).
+    skipped like a corrupt one, and the previous checkpoint is tried. When one is usable, each file
+    skipped for it is reported by ``warn(message)`` (default: one stderr line); when none is, the
+    one-line ``CheckpointError`` says why for all of them.
     """
     files = checkpoint_files(ckpt_dir)
+    skipped: list[str] = []
     for it, path in files:
         state = try_torch_load(path)
         if isinstance(state, dict) and state.get("format") == FORMAT and state.get("run_id") == run_id:
-            if restore is None:
-                return state
             try:
-                restore(state)
-                return state
+                if restore is not None:
+                    restore(state)
             except (KeyError, IndexError, ValueError, TypeError, RuntimeError) as e:
                 why = str(e).splitlines()[0][:200] if str(e) else ""
-                warn(f"skipping checkpoint {path} that cannot be restored ({type(e).__name__}: {why})")
+                skipped.append(f"skipping checkpoint {path} that cannot be restored ({type(e).__name__}: {why})")
                 continue
-        warn(f"skipping unreadable or foreign checkpoint {path}")
+            for msg in skipped:
+                warn(msg)
+            return state
+        skipped.append(f"skipping unreadable or foreign checkpoint {path}")
     if files:
+        foreign = sum("foreign" in msg for msg in skipped)
         raise CheckpointError(
-            f"no usable checkpoint in {ckpt_dir} (all {len(files)} corrupt, unrestorable or from "
-            "another run); remove the directory or rerun with --overwrite"
+            f"no usable checkpoint in {ckpt_dir}: {foreign} of {len(files)} unreadable or from another run, "
+            f"{len(files) - foreign} not restorable; remove the directory or rerun with --overwrite"
         )
     return None
