@@ -27,7 +27,8 @@ The fabrication runs as a subprocess of this script under the version's ``PYTHON
 its own writes and deletions before timing, so a timed command's ``syncfs`` does not flush them,
 and byte-compiles each tree first (``compileall``), so no command pays for compiling.
 
-Commands (targets from the issue): ``--help`` (0.5 s); on 10,000 finished runs ``sweep status``,
+Commands (targets from the issue): ``--help`` (0.5 s); on 10,000 finished runs ``sweep status``
+(also with ``--json`` and ``--state failed``, after only),
 a relaunch with ``--cluster slurm`` that submits nothing, ``aggregate -o`` (3 s each); on 5,000
 runs ``sweep launch --dry-run --cluster slurm`` on an empty runs dir (3 s) and a real launch of held
 jobs (``--begin=now+1hour``) on the local Slurm (30 s), each repeat in a fresh runs dir, its jobs
@@ -376,6 +377,11 @@ def bench_version(version: Version, args: argparse.Namespace, work: Path, senv: 
         fabricate(version, g_big, runs)
         status = version.cli("sweep", "status", str(g_big), "--out", str(runs))
         rows.append(measure("sweep status", version, status, n_big, 3.0, rep, w, env=slurm, note=layout))
+        if version.name == "after":  # --json and --state are new (issue 22)
+            rows.append(measure("sweep status --json", version, [*status, "--json"], n_big, 3.0, rep, w,
+                                env=slurm, note=layout))
+            rows.append(measure("sweep status --state failed", version, [*status, "--state", "failed"], n_big,
+                                3.0, rep, w, env=slurm, note=f"no row shown; {layout}"))
         if senv is not None:
             relaunch = version.cli("sweep", "launch", str(g_big), "--out", str(runs), "--cluster", "slurm")
             rows.append(measure("sweep launch (nothing to submit)", version, relaunch, n_big, 3.0, rep, w,

@@ -20,9 +20,9 @@ from hpcdd.config import (
     EVAL_PREFIX, EvalConfig, RunConfig, eval_flat_names, field_names, from_dict, identity_hash,
     non_default, to_dict,
 )
-from hpcdd.errors import ConfigError
+from hpcdd.errors import ConfigError, brief
 from hpcdd.specs import METHODS, PREREQS, SAMPLERS, MethodSpec, PrereqRef, SamplerSpec
-from hpcdd.specs.base import param_names
+from hpcdd.specs.base import check_flat_keys, load_plugins, param_names
 from hpcdd.specs.dsa import check_strategy, default_strategy
 
 NESTED = ("params", "sampler_params")
@@ -57,15 +57,10 @@ def flat_names() -> list[str]:
 
 def check_registries() -> None:
     """Parameter names never shadow run/eval keys, and method and sampler parameters never share
-    a name, so every flat key has one owner (tests call this over every registered spec)."""
-    reserved = set(field_names(RunConfig)) | set(eval_flat_names())
-    methods, samplers = set(method_param_names()), set(sampler_param_names())
-    for what, names in (("method", methods), ("sampler", samplers)):
-        clash = sorted(names & reserved)
-        if clash:
-            raise ValueError(f"{what} parameter(s) {clash} shadow RunConfig/EvalConfig keys")
-    if methods & samplers:
-        raise ValueError(f"method and sampler parameters share names: {sorted(methods & samplers)}")
+    a name, so every flat key has one owner (:func:`hpcdd.specs.base.check_flat_keys`, which also
+    runs whenever a ``$HPCDD_PLUGINS`` module is loaded)."""
+    load_plugins()
+    check_flat_keys()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,7 +128,7 @@ def _names(params: type) -> frozenset[str]:
 
 def _name(value: Any, key: str, where: str) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"{where}: config key {key!r} must be a name, got {value!r}")
+        raise ConfigError(f"{where}: config key {key!r} must be a name, got {brief(value)}")
     return value
 
 
@@ -151,7 +146,7 @@ def _unknown_message(unknown: list[str], method: MethodSpec, sampler: str, where
         mine = ", ".join(param_names(method.params)) or "none"
         return (f"{where}: {', '.join(owned)} is not a parameter of method {method.name} or sampler "
                 f"{sampler} (method {method.name} parameters: {mine})")
-    return f"unknown key(s) in {where}: {', '.join(unknown)}"
+    return f"unknown key(s) in {where}: {brief(', '.join(unknown))}"
 
 
 # ----------------------------------------------------------------------------------------------

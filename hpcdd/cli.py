@@ -7,6 +7,8 @@ each command imports what it needs when it runs.
 from __future__ import annotations
 
 import argparse
+import errno
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,6 +17,10 @@ from hpcdd import __version__
 from hpcdd.cli_args import add_config_flags, add_run_flags, eval_values, exec_values
 from hpcdd.config import EvalConfig, ExecConfig, RunConfig, from_dict
 from hpcdd.errors import ConfigError, HpcddError
+from hpcdd.runtime.preempt import EXIT_INTERRUPTED, Interrupted, StopFlag
+
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+"""OS errors of a write that the CLI reports as one line (exit 2) wherever they were raised."""
 
 
 def _load_yaml(path: str) -> dict[str, Any]:
@@ -56,12 +62,12 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
 def cmd_distill(args: argparse.Namespace) -> int:
     file_data = _load_yaml(args.config) if args.config else {}
     cfg, ev, exe = _configs(args, file_data, args.config or "command line")
-    return _run(cfg, ev, exe, args.out, args.overwrite, not args.no_eval)
+    return _run(cfg, ev, exe, args.out, args.overwrite, not args.no_eval, args.stop)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg, ev, exe = _configs(args, _load_yaml(args.config), args.config)
-    return _run(cfg, ev, exe, args.out, args.overwrite, True)
+    return _run(cfg, ev, exe, args.out, args.overwrite, True, args.stop)
 
 
 def _out_dir(text: str) -> Path:
@@ -70,15 +76,25 @@ def _out_dir(text: str) -> Path:
     return Path(text)
 
 
-def _run(cfg: RunConfig, ev: EvalConfig, exe: ExecConfig, out: str, overwrite: bool, evaluate: bool) -> int:
-    from hpcdd.run import run_one
-    from hpcdd.runtime.preempt import EXIT_INTERRUPTED, Interrupted, StopFlag
+def _stopped_early(stop: StopFlag) -> int | None:
+    """Exit code 3 and one line if a stop signal came before the work began (while loading)."""
+    if not stop():
+        return None
+    print(f"hpcdd: {stop.received.name} received before the work began; nothing was written; "
+          "run the same command again", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
+
+def _run(cfg: RunConfig, ev: EvalConfig, exe: ExecConfig, out: str, overwrite: bool, evaluate: bool,
+         stop: StopFlag) -> int:
     out_dir = _out_dir(out)
+    from hpcdd.run import run_one  # torch: seconds; a signal meanwhile is held by ``stop``
+
+    if (code := _stopped_early(stop)) is not None:
+        return code
     try:
-        with StopFlag() as stop:
-            rows = run_one(cfg, out_dir, exe, evals=(ev,), evaluate=evaluate, should_stop=stop,
-                           overwrite=overwrite)
+        rows = run_one(cfg, out_dir, exe, evals=(ev,), evaluate=evaluate, should_stop=stop,
+                       overwrite=overwrite)
     except Interrupted as e:
         print(f"hpcdd: {stop.received.name if stop.received else 'stop'} received: {e}; "
               "run the same command again to resume", file=sys.stderr)
@@ -91,14 +107,15 @@ def _run(cfg: RunConfig, ev: EvalConfig, exe: ExecConfig, out: str, overwrite: b
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from hpcdd.run import evaluate_run
-    from hpcdd.runtime.preempt import EXIT_INTERRUPTED, Interrupted, StopFlag
-
     ev = from_dict(EvalConfig, eval_values(args), where="command line")
     exe = from_dict(ExecConfig, exec_values(args), where="command line")
+    from hpcdd.run import evaluate_run
+
+    stop = args.stop
+    if (code := _stopped_early(stop)) is not None:
+        return code
     try:
-        with StopFlag() as stop:
-            row = evaluate_run(args.run_dir, ev, exe, should_stop=stop)
+        row = evaluate_run(args.run_dir, ev, exe, should_stop=stop)
     except Interrupted as e:
         print(f"hpcdd: {stop.received.name if stop.received else 'stop'} received: {e}; "
               "run the same command again to resume at the next model", file=sys.stderr)
@@ -168,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-eval", action="store_true", help="stop after the distillation's artefact")
     add_run_flags(d)
     add_config_flags(d, ExecConfig, "execution (does not change the result)")
-    d.set_defaults(func=cmd_distill)
+    d.set_defaults(func=cmd_distill, stops=True)
 
     r = sub.add_parser("run", help="run one config file into a run dir (what sbatch scripts call)",
                        description="Run the config in CONFIG (YAML with flat config keys and an optional "
@@ -178,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true",
                    help="delete hpcdd's files in --out first if it holds another run")
     add_config_flags(r, ExecConfig, "execution (does not change the result)")
-    r.set_defaults(func=cmd_run)
+    r.set_defaults(func=cmd_run, stops=True)
 
     e = sub.add_parser("evaluate", help="add an evaluation to a finished distillation (no re-distilling)",
                        description="Train fresh models on RUN_DIR's artefact by the given evaluation "
@@ -187,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", help="a run dir written by 'hpcdd distill' or a sweep")
     add_config_flags(e, EvalConfig, "evaluation", prefix="eval_")
     add_config_flags(e, ExecConfig, "execution")
-    e.set_defaults(func=cmd_evaluate)
+    e.set_defaults(func=cmd_evaluate, stops=True)
 
     g = sub.add_parser("generate", help="draw a fixed synthetic set from a generator run (any ipc, no retraining)",
                        description="Write ipc images per class drawn from RUN_DIR's generator (dim, "
@@ -220,18 +237,53 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def main(argv: Sequence[str] | None = None, stop: StopFlag | None = None) -> int:
+    """Run ``hpcdd ARGV``; the exit code. ``stop``: a :class:`StopFlag` already installed by the
+    console script before any slow import (:mod:`hpcdd.console`); otherwise one is installed here,
+    before parsing. Commands that checkpoint (distill, run, evaluate) stop on it; for any other
+    the default handlers are restored once the command is known."""
+    stop = stop if stop is not None else StopFlag().__enter__()
     try:
+        args = _parse(argv, stop)
         return int(args.func(args) or 0)
     except HpcddError as e:
         print(f"hpcdd: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise
+        from hpcdd.io import os_error_line
+
+        print(f"hpcdd: error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hpcdd: interrupted; run the same command again to resume from the last checkpoint",
               file=sys.stderr)
         return 130
+    finally:
+        stop.__exit__(None, None, None)
+
+
+def _parse(argv: Sequence[str] | None, stop: StopFlag) -> argparse.Namespace:
+    """The parsed command line (a bad ``$HPCDD_PLUGINS`` module: ``HpcddError``), with ``stop``
+    attached for the commands that checkpoint and released for the others."""
+    try:
+        args = build_parser().parse_args(argv)
+    except BaseException:
+        _release(stop)
+        raise
+    if not getattr(args, "stops", False):
+        _release(stop)
+    args.stop = stop
+    return args
+
+
+def _release(stop: StopFlag) -> None:
+    """Give the signals back to their default handlers; one that came meanwhile takes effect now."""
+    stop.__exit__(None, None, None)
+    if stop.received is not None:
+        print(f"hpcdd: {stop.received.name} received; stopping", file=sys.stderr, flush=True)
+        signal.raise_signal(stop.received)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 from hpcdd.config import EVAL_PREFIX, EvalConfig, ExecConfig, RunConfig, type_hints
+from hpcdd.registry import unknown_name
 from hpcdd.specs import METHODS, SAMPLERS
 
 
@@ -59,13 +60,50 @@ def _shown(value: Any) -> Any:
     return "null" if value is None else value
 
 
-def _add(group: Any, flag: str, dest: str, tp: Any, help_text: str) -> None:
+def registered_names() -> dict[str, tuple[str, list[str]]]:
+    """Fields whose values are registered names: field -> (what, the names). Torch-free: methods
+    and samplers from the specs, datasets and nets from :mod:`hpcdd.names`."""
+    from hpcdd.names import DATASET_NAMES, NET_NAMES
+
+    nets = ("net", list(NET_NAMES))
+    return {"method": ("method", METHODS.names()), "sampler": ("sampler", SAMPLERS.names()),
+            "dataset": ("dataset", list(DATASET_NAMES)), "net": nets, "models": nets}
+
+
+def _name_type(what: str, names: list[str]) -> Any:
+    """An argparse ``type`` that accepts a registered name and refuses any other with the
+    closest one suggested (``unknown method 'dmm'; did you mean 'dm'?``)."""
+    def check(text: str) -> str:
+        if text not in names:
+            raise argparse.ArgumentTypeError(unknown_name(what, text, names))
+        return text
+
+    check.__name__ = what  # argparse names the type in some messages
+    return check
+
+
+def _name_list_type(what: str, names: list[str]) -> Any:
+    """Like :func:`_name_type` for a comma-separated list of names."""
+    one = _name_type(what, names)
+
+    def check(text: str) -> list[str]:
+        return [one(t) for t in _list_of(str)(text)]
+
+    check.__name__ = f"{what} list"
+    return check
+
+
+def _add(group: Any, flag: str, dest: str, tp: Any, help_text: str,
+         names: tuple[str, list[str]] | None = None) -> None:
     kind, is_list, is_bool = _parser_for(tp)
     kw: dict[str, Any] = dict(dest=dest, default=argparse.SUPPRESS, help=help_text)
     if is_bool:
         group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
     elif is_list:
-        group.add_argument(flag, type=_list_of(kind), metavar="A,B", **kw)
+        kw["help"] += f"; from: {', '.join(names[1])}" if names else ""
+        group.add_argument(flag, type=_name_list_type(*names) if names else _list_of(kind), metavar="A,B", **kw)
+    elif names:  # choices: --help and shell completion list them
+        group.add_argument(flag, type=_name_type(*names), choices=names[1], **kw)
     else:
         group.add_argument(flag, type=kind, metavar=kind.__name__.upper(), **kw)
 
@@ -77,13 +115,15 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str, pre
     group = parser.add_argument_group(title)
     hints = type_hints(cls)
     docs = field_docs(cls)
+    named = registered_names() if cls in (RunConfig, EvalConfig) else {}
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
         doc = docs.get(f.name, "").rstrip(".")
         name = prefix + f.name
-        _add(group, "--" + name.replace("_", "-"), name, hints[f.name], f"{doc} (default: {_shown(default)})")
+        _add(group, "--" + name.replace("_", "-"), name, hints[f.name], f"{doc} (default: {_shown(default)})",
+             named.get(f.name))
 
 
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
@@ -135,5 +175,5 @@ def eval_values(args: argparse.Namespace) -> dict[str, Any]:
             if k.startswith(EVAL_PREFIX) and k[len(EVAL_PREFIX):] in {f.name for f in dataclasses.fields(EvalConfig)}}
 
 
-__all__ = ["add_config_flags", "add_run_flags", "add_param_flags", "values_for", "exec_values",
+__all__ = ["add_config_flags", "add_run_flags", "registered_names", "add_param_flags", "values_for", "exec_values",
            "eval_values", "field_docs"]

@@ -23,7 +23,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping
 
-from hpcdd.errors import ConfigError
+from hpcdd.errors import ConfigError, brief
 
 PRECISIONS = ("fp32", "bf16")
 EVAL_KINDS = ("fixed", "resample")
@@ -75,7 +75,7 @@ class RunConfig:
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
         if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {brief(self.precision)}")
         if self.im_size is not None and not 8 <= self.im_size <= 1024:
             raise ConfigError(f"im_size must be between 8 and 1024, got {self.im_size}")
         for name in ("params", "sampler_params"):
@@ -118,7 +118,7 @@ class EvalConfig:
         if not 0 < self.lr <= 10:
             raise ConfigError(f"{EVAL_PREFIX}lr must be in (0, 10], got {self.lr}")
         if self.kind not in EVAL_KINDS:
-            raise ConfigError(f"{EVAL_PREFIX}kind must be one of {', '.join(EVAL_KINDS)}, got {self.kind!r}")
+            raise ConfigError(f"{EVAL_PREFIX}kind must be one of {', '.join(EVAL_KINDS)}, got {brief(self.kind)}")
         if self.ipc is not None and self.ipc < 1:
             raise ConfigError(f"{EVAL_PREFIX}ipc must be >= 1, got {self.ipc}")
         if not self.models:
@@ -165,7 +165,7 @@ class ExecConfig:
     eval_point_n: int = 1
     """Fresh models trained at each quick eval (their mean is logged as eval_acc, each in eval_accs)."""
     progress: bool = True
-    """Show tqdm progress bars."""
+    """Show progress: a tqdm bar on a terminal, else a line every 30 s (readable in Slurm logs)."""
     deterministic: bool = True
     """Use deterministic algorithms (bit-identical resume on CPU)."""
     threads: int | None = None
@@ -228,10 +228,10 @@ def check_config(obj: Any) -> None:
     for name, exact, ok, wants_float, tp in _field_checks(type(obj)):
         value = getattr(obj, name)
         if type(value) not in exact and not ok(value):
-            raise ConfigError(f"config key {name!r} must be {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"config key {name!r} must be {_type_name(tp)}, got {brief(value)}")
         if wants_float and isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):
-                raise ConfigError(f"config key {name!r} must be finite, got {value!r}")
+                raise ConfigError(f"config key {name!r} must be finite, got {brief(value)}")
             if type(value) is not float:
                 object.__setattr__(obj, name, float(value))
 
@@ -334,7 +334,7 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
     names, tuples = _from_dict_info(cls)
     if not names.issuperset(data):
         unknown = sorted(map(str, set(data) - names))
-        raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)}")
+        raise ConfigError(f"unknown key(s) in {where}: {brief(', '.join(unknown))}")
     try:
         return cls(**{k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in data.items()})
     except ConfigError as e:

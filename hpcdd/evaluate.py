@@ -18,7 +18,6 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from hpcdd.artefact import Source, SyntheticSet
 from hpcdd.augment import DSA, default_strategy
@@ -26,6 +25,7 @@ from hpcdd.config import EvalConfig
 from hpcdd.data import DatasetInfo, ImageSet
 from hpcdd.errors import CheckpointError
 from hpcdd.runtime.preempt import Interrupted
+from hpcdd.runtime.progress import progress as progress_of
 from hpcdd.seeding import fresh_net, generator
 
 TEST_BATCH = 500
@@ -52,7 +52,7 @@ def train_from_scratch(
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[max(1, epochs // 2)], gamma=0.1)
     net.train()
-    for epoch in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
+    for epoch in progress_of(0, epochs, desc=desc, enabled=progress, leave=False):
         if should_stop is not None and should_stop():
             raise Interrupted(None)
         syn = images_for_epoch(epoch)
@@ -81,8 +81,9 @@ def test_accuracy(net: torch.nn.Module, test: ImageSet, device: torch.device) ->
     return correct / len(test)
 
 
-def check_synset(syn: SyntheticSet, info: DatasetInfo, where: str) -> None:
-    """Refuse a synthetic set that cannot be trained on for this dataset (one-line error)."""
+def check_synset(syn: SyntheticSet, info: DatasetInfo, where: str, ipc: int | None = None) -> None:
+    """Refuse a synthetic set that cannot be trained on for this dataset (one-line error); with
+    ``ipc``, also one whose classes do not each hold exactly ``ipc`` images."""
     images, labels = syn.images, syn.labels
     expected = (info.channels, info.im_size, info.im_size)
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or tuple(images.shape[1:]) != expected:
@@ -101,6 +102,13 @@ def check_synset(syn: SyntheticSet, info: DatasetInfo, where: str) -> None:
         raise CheckpointError(f"{where}: holds no images")
     if not torch.isfinite(images).all():
         raise CheckpointError(f"{where}: images contain NaN or Inf")
+    if ipc is not None:
+        counts = torch.bincount(labels.long(), minlength=info.num_classes).tolist()
+        wrong = [c for c, n in enumerate(counts) if n != ipc]
+        if wrong:
+            c = wrong[0]
+            raise CheckpointError(f"{where}: class {c} has {counts[c]} image(s), but the run has ipc {ipc} "
+                                  f"({len(wrong)} of {info.num_classes} classes differ)")
 
 
 def evaluate_source(
@@ -155,10 +163,10 @@ def _images(source: Source, ev: EvalConfig, ipc: int | None, seed: int, tag: str
     if ev.kind == "resample":
         def fresh(epoch: int) -> SyntheticSet:
             return source.sample(ipc, generator(seed, f"{tag}-epoch{epoch}"))
-        check_synset(fresh(0), info, where)
+        check_synset(fresh(0), info, where, ipc=ipc)
         return fresh
     syn = source.sample(ipc, generator(seed, f"{tag}-sample"))
-    check_synset(syn, info, where)
+    check_synset(syn, info, where, ipc=ipc)
     return lambda epoch: syn
 
 

@@ -61,6 +61,13 @@ def _write_error(message: str, cause: OSError) -> WriteError:
     return err
 
 
+def os_error_line(e: OSError) -> str:
+    """One line for an ``OSError`` that escaped the helpers above (a write deep inside a library):
+    the file and the reason, e.g. ``cannot write runs/x/eval: No space left on device``."""
+    where = f" {e.filename}" if getattr(e, "filename", None) else ""
+    return f"cannot write{where}: {e.strerror or e}"
+
+
 def now_utc() -> str:
     """The current UTC time as ISO 8601 seconds (timestamps in run files; never a seed)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -246,10 +253,16 @@ def clean_stale_tmp(directory: str | Path, *, recursive: bool = False) -> list[P
 
 
 def append_line(path: str | Path, line: str) -> None:
-    """Append one line (for logs such as metrics.jsonl); a torn last line is skipped by readers."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line.rstrip("\n") + "\n")
-        f.flush()
+    """Append one line (for logs such as metrics.jsonl); a torn last line is skipped by readers.
+
+    A failed append (disk full, permission denied, ...) raises :class:`WriteError`: one line
+    naming the path and the reason."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line.rstrip("\n") + "\n")
+            f.flush()
+    except OSError as e:
+        raise _write_error(f"cannot append to {path}", e) from None
 
 
 def try_load_json(path: str | Path) -> Any | None:

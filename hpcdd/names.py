@@ -2,8 +2,8 @@
 ``--help``, messages and config checks without importing torch.
 
 The registries themselves (``hpcdd.data.DATASETS``, ``hpcdd.nets.NETS``) live with the torch code;
-``tests/test_config.py`` checks that these tables equal them, so a new dataset or net adds its
-entry here too.
+``tests/test_config.py`` (``test_torch_free_name_lists_match_the_registries``) checks that these
+tables equal them, so a new dataset or net adds its entry here too.
 """
 
 DATASET_SIZES: dict[str, int] = {

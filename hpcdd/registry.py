@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+import difflib
+from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
-from hpcdd.errors import ConfigError
+from hpcdd.errors import ConfigError, brief
 
 T = TypeVar("T")
+
+
+def unknown_name(kind: str, name: object, names: Iterable[str]) -> str:
+    """``unknown method 'dmm'; did you mean 'dm'? (choose one of: ...)``: the closest registered
+    name (difflib) when one is close enough."""
+    names = list(names)
+    close = difflib.get_close_matches(name, names, n=1) if isinstance(name, str) else []
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {kind} {brief(name)}{hint} (choose one of: {', '.join(names)})"
 
 
 class Registry(Generic[T]):
@@ -29,9 +39,7 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise ConfigError(
-                f"unknown {self.kind} {name!r}; choose one of: {', '.join(sorted(self._items))}"
-            ) from None
+            raise ConfigError(unknown_name(self.kind, name, sorted(self._items))) from None
 
     def names(self) -> list[str]:
         return sorted(self._items)

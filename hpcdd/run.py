@@ -107,6 +107,7 @@ def evaluate_run(run_dir: str | Path, ev: EvalConfig = EvalConfig(), exec_cfg: E
     if not rundir.is_done(run_dir):
         raise RunDirError(f"{run_dir} has not finished distilling; run 'hpcdd distill' (or the sweep) first")
     cfg = resolve(cfg)
+    _check_identity(run_dir, cfg)
     ev = resolve_eval(ev, cfg)
     if rundir.eval_done(run_dir, eval_id(ev)):
         return rundir.read_result(run_dir, eval_id(ev))
@@ -115,6 +116,16 @@ def evaluate_run(run_dir: str | Path, ev: EvalConfig = EvalConfig(), exec_cfg: E
         clean_stale_tmp(run_dir, recursive=True)
         source, meta = _load_artefact(cfg, run_dir)
         return _evaluate(cfg, ev, run_dir, source, meta, ctx, should_stop)
+
+
+def _check_identity(run_dir: Path, cfg: RunConfig) -> None:
+    """The (resolved) ``config.yaml`` must still hash to the run id that ``run.json`` records: a
+    config edited after distilling would file results under a run that was never distilled."""
+    marked = (rundir.read_mark(run_dir) or {}).get("run_id")
+    if marked != run_id(cfg):
+        raise RunDirError(f"{run_dir / rundir.CONFIG} is run {run_id(cfg)}, but {run_dir} was distilled "
+                          f"as run {marked} (run.json): the config was edited after distilling; "
+                          "not evaluated")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,10 +242,14 @@ def _check_finite(source: Source, run_dir: Path) -> None:
 
 def _load_artefact(cfg: RunConfig, run_dir: Path) -> tuple[Source, dict[str, Any]]:
     output = METHODS.get(cfg.method).output
-    source, state = load_source(rundir.artefact_path(run_dir, output), output)
+    path = rundir.artefact_path(run_dir, output)
+    source, state = load_source(path, output)
+    if state.get("run_id") not in (None, run_id(cfg)):
+        raise RunDirError(f"{path} was distilled as run {state.get('run_id')}, but {run_dir} holds run "
+                          f"{run_id(cfg)}; not evaluated")
     done = try_load_json(run_dir / rundir.DONE)
     timing = done if isinstance(done, dict) else {}
-    return source, {"info": state.get("info"), "output": output, **timing}
+    return source, {**timing, "info": state.get("info"), "output": output}
 
 
 def _prerequisites(cfg: RunConfig, run_dir: Path, ctx: _Context, should_stop: ShouldStop) -> dict[str, Path]:
@@ -308,7 +323,7 @@ def _evaluate(cfg: RunConfig, ev: EvalConfig, run_dir: Path, source: Source, met
         return rundir.read_result(run_dir, eid)
     ipc = effective_ipc(cfg, ev)
     where = str(rundir.artefact_path(run_dir, meta["output"]))
-    check_synset(source.sample(ipc, generator(cfg.seed, "check")), ctx.data.info, where)  # before any file
+    check_synset(source.sample(ipc, generator(cfg.seed, "check")), ctx.data.info, where, ipc=ipc)  # before any file
     out.mkdir(parents=True, exist_ok=True)
     if not (out / rundir.CONFIG).exists():
         atomic_write_yaml(out / rundir.CONFIG, to_dict(ev))

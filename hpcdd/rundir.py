@@ -24,15 +24,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 from hpcdd.config import EvalConfig, RunConfig, from_dict, to_dict
-from hpcdd.errors import RunDirError
+from hpcdd.errors import ConfigError, RunDirError
 from hpcdd.io import (
-    append_line, atomic_write_json, atomic_write_text, atomic_write_yaml, now_utc, try_load_json,
+    append_line, atomic_write_json, atomic_write_text, atomic_write_yaml, is_stale_tmp_name, now_utc,
+    try_load_json,
 )
 
 RUN_MARK = "run.json"
@@ -54,9 +55,14 @@ PNG = "synset.png"
 
 OWNED = (DONE, RESULT, *ARTEFACT_FILES.values(), PNG, EVALS, CHECKPOINTS, METRICS, PREREQS, JOB,
          LOG, CONFIG, RUN_MARK)
-"""Everything hpcdd writes into a run dir, in the order --overwrite deletes it: the 'done'
-markers first (a half-deleted run is never taken for a finished one), the marker last (a kill in
-the middle leaves a dir that is still recognised as hpcdd's and can be cleared again)."""
+"""The names hpcdd writes at the top of a run dir (``checkpoint/`` and ``eval/`` hold only what
+:func:`is_owned` accepts), in the order --overwrite deletes them: the 'done' markers first (a
+half-deleted run is never taken for a finished one), the marker last (a kill in the middle leaves a
+dir that is still recognised as hpcdd's and can be cleared again)."""
+EVAL_FILES = (DONE, RESULT, CONFIG, JOB)
+"""What an evaluation dir ``eval/<eval_id>/`` holds besides ``models/``."""
+_CKPT_NAME = re.compile(r"ckpt-\d{8}\.pt")
+_MODEL_NAME = re.compile(r"[A-Za-z0-9_.]+-\d+\.json")
 
 RUN_KIND, PREREQ_KIND = "hpcdd-run", "hpcdd-prereq"
 
@@ -111,13 +117,14 @@ def check_free(run_dir: Path, ident: str, overwrite: bool = False, kind: str = R
 
     A dir holding another hpcdd run is refused unless ``overwrite`` (which deletes only the files
     hpcdd writes, see ``OWNED``; not yet with ``clear_now=False``, a check before taking the lock);
-    a non-empty dir that is not an hpcdd run dir is always refused. A dir holding only the
-    ``job.json`` a sweep launch wrote is free: its job writes the identity files when it starts.
+    a non-empty dir that is not an hpcdd run dir is always refused. A dir holding only what a sweep
+    launch wrote (its ``job.json``, and ``eval/<id>/job.json`` with ``separate_evals``) is free:
+    its job writes the identity files when it starts.
     """
     run_dir = Path(run_dir)
     mark = read_mark(run_dir)
     if mark is None:
-        if run_dir.is_dir() and any(p.name not in (LOCK, ".write-test", JOB) for p in run_dir.iterdir()):
+        if run_dir.is_dir() and not _only_launch_files(run_dir):
             raise RunDirError(f"{run_dir} is not empty and is not an hpcdd run dir; choose another --out")
         return
     if mark.get("run_id") != ident and not overwrite:
@@ -127,17 +134,91 @@ def check_free(run_dir: Path, ident: str, overwrite: bool = False, kind: str = R
         clear(run_dir)
 
 
+def _only_launch_files(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds nothing but what ``sweep launch`` (and a lock probe) writes before
+    its job starts: ``job.json`` and ``eval/<eval_id>/job.json`` (and their temp files)."""
+    for root, dirs, files in os.walk(run_dir):
+        rel = Path(root).relative_to(run_dir).parts
+        if len(rel) > 2 or (rel and rel[0] != EVALS):
+            return False
+        if len(rel) == 2:
+            dirs_ok, names = not dirs, (JOB,)
+        elif rel:
+            dirs_ok, names = True, ()
+        else:
+            dirs_ok, names = all(d == EVALS for d in dirs), (JOB, LOCK, ".write-test")
+        if not dirs_ok or any(f not in names and not is_stale_tmp_name(f) for f in files):
+            return False
+    return True
+
+
+def is_owned(rel: tuple[str, ...]) -> bool:
+    """Whether the path ``rel`` (parts relative to a run dir) is a file hpcdd writes there: a
+    top-level name of ``OWNED``, ``checkpoint/ckpt-<8 digits>.pt``, an evaluation's
+    ``eval/<id>/{done,result.json,config.yaml,job.json}`` and ``eval/<id>/models/<arch>-<k>.json``,
+    the lock, or a temp file of an interrupted atomic write. Nothing else (a user's
+    ``eval/NOTES.md``, ``checkpoint/mine.pt``) is hpcdd's."""
+    if not rel:
+        return False
+    if is_stale_tmp_name(rel[-1]) or rel == (LOCK,) or rel == (".write-test",):
+        return True
+    head, depth = rel[0], len(rel)
+    if head == CHECKPOINTS:
+        return depth == 2 and _CKPT_NAME.fullmatch(rel[1]) is not None
+    if head == EVALS:
+        return (depth == 3 and rel[2] in EVAL_FILES) or (
+            depth == 4 and rel[2] == MODELS and _MODEL_NAME.fullmatch(rel[3]) is not None)
+    return depth == 1 and head in OWNED
+
+
 def clear(run_dir: Path) -> None:
-    """Delete what hpcdd wrote into ``run_dir`` (never anything else), done markers first."""
-    for name in OWNED:
-        if name == EVALS:  # each evaluation's done marker before its other files
-            for done in sorted((run_dir / EVALS).glob(f"*/{DONE}")):
-                done.unlink(missing_ok=True)
+    """Delete what hpcdd wrote into ``run_dir`` (:func:`is_owned`, never anything else): the done
+    markers first, ``run.json`` last; a directory of hpcdd's is removed only once it is empty."""
+    run_dir = Path(run_dir)
+    for done in sorted(run_dir.glob(f"{EVALS}/*/{DONE}")):
+        done.unlink(missing_ok=True)
+    for name in OWNED[:-1]:
         path = run_dir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
+        if name in (EVALS, CHECKPOINTS) and path.is_dir() and not path.is_symlink():
+            _clear_tree(run_dir, path)
+        elif path.is_file() or path.is_symlink():
             path.unlink()
+    for entry in list(os.scandir(run_dir)):  # temp files of interrupted writes (the lock is held)
+        if entry.name not in (RUN_MARK, LOCK) and not entry.is_dir(follow_symlinks=False) \
+                and is_owned((entry.name,)):
+            os.unlink(entry.path)
+    (run_dir / RUN_MARK).unlink(missing_ok=True)
+
+
+def _clear_tree(run_dir: Path, top: Path) -> None:
+    """Delete the hpcdd files below ``top`` (``eval/`` or ``checkpoint/``), bottom up, and each
+    directory left empty; symlinks are removed, never followed."""
+    for root, dirs, files in os.walk(top, topdown=False):
+        here = Path(root)
+        for name in files + [d for d in dirs if (here / d).is_symlink()]:
+            path = here / name
+            if is_owned(path.relative_to(run_dir).parts):
+                path.unlink()
+        with contextlib.suppress(OSError):  # not empty: a user's file stays, and its dirs
+            here.rmdir()
+
+
+def check_output(path: str | os.PathLike[str], allow: tuple[str, ...] = ()) -> None:
+    """Refuse (``ConfigError``, one line) an output path that would replace a file hpcdd owns in a
+    run dir (:func:`is_owned`, e.g. ``RUN/synset.pt`` or ``RUN/eval/<id>/result.json``) or
+    anything in a prerequisite's dir; ``allow`` names top-level files the caller itself writes
+    there (``hpcdd show``: ``synset.png``). Symlinked parents are checked where they lead too."""
+    given = Path(os.path.abspath(path))
+    for target in dict.fromkeys((given, Path(os.path.realpath(given)))):
+        for parent in target.parents:
+            mark = read_mark(parent)
+            if mark is None:
+                continue
+            rel = target.relative_to(parent).parts
+            if mark.get("kind") == PREREQ_KIND or (is_owned(rel) and rel not in {(a,) for a in allow}):
+                raise ConfigError(f"{path} is a file hpcdd owns in the run dir {parent}; "
+                                  "choose another output path")
+            break
 
 
 def write_identity(run_dir: Path, ident: str, config: Any, kind: str = RUN_KIND,
@@ -197,8 +278,9 @@ def read_eval_config(run_dir: Path, eid: str) -> EvalConfig | None:
 
 
 def eval_done(run_dir: Path, eid: str) -> bool:
-    d = eval_dir(run_dir, eid)
-    return (d / DONE).exists() and try_load_json(d / RESULT) is not None
+    """The evaluation finished: ``done`` and a ``result.json`` holding a JSON object (a damaged
+    result is treated as missing: the evaluation is completed again from its saved models)."""
+    return (eval_dir(run_dir, eid) / DONE).exists() and read_result(run_dir, eid) is not None
 
 
 def read_result(run_dir: Path, eid: str) -> dict[str, Any] | None:
@@ -229,6 +311,6 @@ __all__ = [
     "log", "read_mark", "read_config", "is_done", "ensure_writable", "check_free", "clear",
     "write_identity", "mark_done", "lock", "artefact_path", "eval_dir", "eval_ids",
     "read_eval_config", "eval_done", "read_result", "model_file", "artefact_root", "prereq_dir",
-    "OWNED", "ARTEFACT_FILES", "CONFIG", "LOG", "METRICS", "CHECKPOINTS", "DONE", "RESULT", "JOB",
-    "LOCK", "PREREQS", "EVALS", "MODELS", "RUN_MARK", "RUN_KIND", "PREREQ_KIND",
+    "is_owned", "check_output", "OWNED", "ARTEFACT_FILES", "CONFIG", "LOG", "METRICS", "CHECKPOINTS",
+    "DONE", "RESULT", "JOB", "LOCK", "PREREQS", "EVALS", "MODELS", "RUN_MARK", "RUN_KIND", "PREREQ_KIND",
 ]

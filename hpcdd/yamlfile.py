@@ -8,6 +8,9 @@ a subclass only, so PyYAML's global loaders are untouched:
   follows, reads a float without a dot or without an exponent sign as a string);
 * nesting deeper than :data:`MAX_DEPTH` collections is refused before PyYAML's recursive
   composer can hit Python's recursion limit;
+* a document whose aliases expand to more than :data:`MAX_NODES` values (an alias bomb: nine
+  levels of ten references each are 10^9 leaves in a few hundred bytes) is refused before it is
+  built, so nothing downstream expands or prints it;
 * a bad value such as the date ``2024-13-01`` is an error with its line, not a ``ValueError``.
 
 ``.nan`` and ``.inf`` still parse as floats; range checks belong to the config validation.
@@ -22,12 +25,15 @@ from typing import Any
 import yaml
 from yaml.constructor import ConstructorError
 from yaml.events import MappingStartEvent, SequenceStartEvent
-from yaml.nodes import MappingNode, ScalarNode
+from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from hpcdd.errors import ConfigError
 
 MAX_DEPTH = 100
 """Most nested collections (mappings/lists inside each other) a YAML document may have."""
+MAX_NODES = 1_000_000
+"""Most values (scalars and collections, every alias counted as the copy it stands for) a YAML
+document may expand to."""
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
@@ -60,6 +66,12 @@ class SafeConfigLoader(yaml.SafeLoader):
             if nested:
                 self._depth -= 1
 
+    def construct_document(self, node: Any) -> Any:  # noqa: D102 - PyYAML hook
+        if expanded_size(node, MAX_NODES) > MAX_NODES:
+            raise _Refused(problem=f"expands to more than {MAX_NODES:,} values through its aliases",
+                           problem_mark=node.start_mark)
+        return super().construct_document(node)
+
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:  # noqa: D102
         if isinstance(node, MappingNode):
             seen: set[Any] = set()
@@ -83,6 +95,32 @@ class SafeConfigLoader(yaml.SafeLoader):
             what = f"value {node.value!r}" if isinstance(node, ScalarNode) else node.tag
             raise ConstructorError(problem=f"cannot read {what}: {e}",
                                    problem_mark=node.start_mark) from None
+
+
+def expanded_size(node: Any, limit: int) -> int:
+    """How many values the composed ``node`` stands for once every alias is expanded (a node
+    reached twice counts twice), counted once per distinct node, so an alias bomb costs as many
+    steps as it has lines; stops counting past ``limit``."""
+    sizes: dict[int, int] = {}
+
+    def size(n: Any) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        total = 1
+        if isinstance(n, MappingNode):
+            children = [c for pair in n.value for c in pair]
+        elif isinstance(n, SequenceNode):
+            children = list(n.value)
+        else:
+            children = []
+        for child in children:
+            total += size(child)
+            if total > limit:
+                break
+        sizes[id(n)] = min(total, limit + 1)
+        return sizes[id(n)]
+
+    return size(node)
 
 
 SafeConfigLoader.add_implicit_resolver(_FLOAT_TAG, _EXP_FLOAT, list("-+.0123456789"))

@@ -151,6 +151,11 @@ def _break(run: Path, change) -> None:
     ("labels", lambda s: s.update(labels=s["labels"] + 10), "labels outside 0..9"),
     ("fewer labels", lambda s: s.update(labels=s["labels"][:-1]), "images but 9 labels"),
     ("nan", lambda s: s.update(images=torch.full_like(s["images"], float("nan"))), "NaN"),
+    ("classes 0-4 of 10", lambda s: s.update(images=s["images"][:5], labels=s["labels"][:5]),
+     "class 5 has 0 image(s), but the run has ipc 1"),
+    ("a class twice", lambda s: s.update(labels=torch.where(s["labels"] == 9, 0, s["labels"])),
+     "class 0 has 2 image(s)"),
+    ("another run's set", lambda s: s.update(run_id="0123456789ab"), "was distilled as run 0123456789ab"),
 ])
 def test_evaluate_refuses_a_broken_synset(capsys, finished, tmp_path, case, change, words):
     import shutil
@@ -179,3 +184,113 @@ def test_resample_evaluation_of_an_image_run(capsys, finished):
 def test_generate_from_a_run_without_a_generator(capsys, finished, tmp_path):
     err = refused(capsys, tmp_path, "generate", str(finished), "--ipc", "2", "--out", str(tmp_path / "s.pt"))
     assert "holds a fixed image set (random); only generator runs can draw new images" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 22: evaluate checks the run's identity and the set's classes; outputs never replace
+# hpcdd's files; alias bombs; names with a suggestion
+
+
+def test_evaluate_refuses_a_config_edited_after_distilling(capsys, finished, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    text = (run / "config.yaml").read_text()
+    assert "seed: 0\n" in text
+    (run / "config.yaml").write_text(text.replace("seed: 0\n", "seed: 7\n"))
+    err = refused(capsys, tmp_path, "evaluate", str(run), "--eval-epochs", "1", "--eval-n", "1", "--no-progress")
+    assert "the config was edited after distilling" in err
+
+
+@pytest.fixture(scope="module")
+def evaluated(finished, tmp_path_factory) -> Path:
+    """A runs dir holding one evaluated run: ``RUNS/run``."""
+    import shutil
+
+    from hpcdd.config import EvalConfig
+    from hpcdd.run import evaluate_run
+
+    runs = tmp_path_factory.mktemp("evaluated")
+    shutil.copytree(finished, runs / "run")
+    evaluate_run(runs / "run", EvalConfig(epochs=1, n=1), QUIET)
+    return runs
+
+
+def _result_of(runs: Path) -> Path:
+    [result] = (runs / "run" / "eval").glob("*/result.json")
+    return result
+
+
+@pytest.mark.parametrize("argv", [
+    lambda r: ["show", str(r / "run"), "-o", str(r / "run" / "synset.pt")],
+    lambda r: ["show", str(r / "run"), "-o", str(r / "run" / "done")],
+    lambda r: ["aggregate", str(r), "-o", str(_result_of(r))],
+    lambda r: ["aggregate", str(r), "-o", str(r / "run" / "config.yaml")],
+    lambda r: ["table", str(r), "-o", str(r / "run" / "log.txt")],
+    lambda r: ["plot", str(r), "--x", "seed", "-o", str(r / "run" / "synset.png")],
+    lambda r: ["generate", str(r / "run"), "--ipc", "1", "--out", str(r / "run" / "checkpoint" / "ckpt-00000001.pt")],
+], ids=["show-synset", "show-done", "aggregate-result", "aggregate-config", "table-log", "plot-png", "generate-ckpt"])
+def test_an_output_path_never_replaces_a_file_hpcdd_owns(capsys, evaluated, argv):
+    err = refused(capsys, evaluated, *argv(evaluated))
+    assert "is a file hpcdd owns in the run dir" in err
+
+
+def test_show_may_write_its_own_png_into_the_run_dir(capsys, evaluated):
+    assert main(["show", str(evaluated / "run"), "-o", str(evaluated / "run" / "synset.png")]) == 0
+    assert (evaluated / "run" / "synset.png").stat().st_size > 0
+
+
+def _bomb(levels: int) -> str:
+    """A YAML alias bomb in one flow sequence: each level lists its own anchor's definition and nine
+    references to the level below, ``10**levels`` leaves in a few hundred bytes."""
+    text = "&a0 [" + ", ".join(["x"] * 10) + "]"
+    for k in range(1, levels):
+        text = f"&a{k} [{text}, " + ", ".join([f"*a{k - 1}"] * 9) + "]"
+    return text
+
+
+@pytest.mark.parametrize("where", ["seeds: {}", "grid: {{ipc: {}}}", "name: {}"])
+def test_a_yaml_alias_bomb_is_one_short_line(capsys, tmp_path, where):
+    """10**7 leaves (the issue's 10**9 exhausts memory before the fix; this one only makes a
+    message of megabytes)."""
+    grid = tmp_path / "g.yaml"
+    grid.write_text("base: {dataset: digits, method: dm, ipc: 1, iterations: 2}\n" + where.format(_bomb(7)) + "\n")
+    err = refused(capsys, tmp_path, "sweep", "launch", str(grid), "--out", str(tmp_path / "runs"),
+                  "--cluster", "debug", "--dry-run")
+    assert len(err) < 400 and "expands to more than 1,000,000 values" in err, err[:400]
+
+
+def test_a_nine_level_alias_bomb_is_refused_when_read():
+    from hpcdd.errors import ConfigError
+    from hpcdd.yamlfile import load_yaml_text
+
+    with pytest.raises(ConfigError, match="expands to more than") as e:
+        load_yaml_text(f"seeds: {_bomb(9)}\n", "g.yaml")
+    assert len(str(e.value)) < 200
+
+
+def test_a_big_value_in_an_error_is_cut_short(capsys, tmp_path):
+    grid = tmp_path / "g.yaml"
+    grid.write_text(GRID_BASE.replace("name: g", "name: [" + ", ".join(["aaaaaaaa"] * 50000) + "]"))
+    err = refused(capsys, tmp_path, "sweep", "launch", str(grid), "--out", str(tmp_path / "runs"), "--dry-run")
+    assert "name must be letters" in err and len(err) < 400
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--method", "dmm"], "unknown method 'dmm'; did you mean 'dm'?"),
+    (["--sampler", "dreem"], "unknown sampler 'dreem'; did you mean 'dream'?"),
+    (["--dataset", "fashion-mnist"], "unknown dataset 'fashion-mnist'; did you mean 'fashionmnist'?"),
+    (["--net", "convnt3"], "unknown net 'convnt3'; did you mean 'convnet3'?"),
+    (["--eval-models", "convnet3,resnt18"], "unknown net 'resnt18'; did you mean 'resnet18'?"),
+])
+def test_a_misspelt_name_gets_the_closest_one(capsys, tmp_path, flags, words):
+    err = refused(capsys, tmp_path, "distill", *TINY, *flags, "--out", str(tmp_path / "r"))
+    assert words in err
+
+
+def test_a_misspelt_name_in_a_config_file_gets_the_closest_one(capsys, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("method: dcc\n")
+    err = refused(capsys, tmp_path, "distill", "--config", str(cfg), "--dataset", "digits", "--out", str(tmp_path / "r"))
+    assert "unknown method 'dcc'; did you mean 'dc'?" in err

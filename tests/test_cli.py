@@ -112,10 +112,9 @@ def test_corrupt_checkpoint_is_exit_2(capsys, tmp_path):
     (out / "done").unlink()
     for p in (out / "checkpoint").iterdir():
         p.write_bytes(b"not a checkpoint")
-    with pytest.warns(UserWarning):
-        code, _, err = run_cli(capsys, "distill", "--dataset", "digits", "--ipc", "2", "--iterations", "6",
-                               "--batch-real", "16", "--eval-epochs", "2", "--eval-n", "1", "--out", str(out))
-    assert code == 2 and "no usable checkpoint" in err
+    code, _, err = run_cli(capsys, "distill", "--dataset", "digits", "--ipc", "2", "--iterations", "6",
+                           "--batch-real", "16", "--eval-epochs", "2", "--eval-n", "1", "--out", str(out))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no usable checkpoint" in err
 
 
 def test_show_and_evaluate(capsys, tmp_path):
@@ -203,3 +202,81 @@ def test_kill_9_loses_at_most_the_time_floor(tmp_path):
     a = torch.load(out / "synset.pt", weights_only=True)["images"]
     b = torch.load(ref / "synset.pt", weights_only=True)["images"]
     assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 22: the stop handler from the first instant, names as choices, progress lines in logs
+
+
+def _sigterm_caught(pid: int) -> bool:
+    status = open(f"/proc/{pid}/status").read()
+    caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16)
+    import signal
+
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
+@pytest.mark.parametrize("module", ["hpcdd", "hpcdd.cli"])
+def test_sigterm_while_starting_is_caught_before_torch_loads(tmp_path, module):
+    """The handler is installed before the slow imports: once the process catches SIGTERM, torch is
+    not loaded yet; a TERM then is exit 3 with one line, and nothing is written."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", module, "distill", *TINY_FLAGS, "--out", str(out)],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not _sigterm_caught(proc.pid):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.001)
+    torch_loaded = "libtorch" in open(f"/proc/{proc.pid}/maps").read()
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert not torch_loaded, "the stop handler came only after torch was imported"
+    assert proc.returncode == 3, err
+    assert err.strip().splitlines() == [
+        "hpcdd: SIGTERM received before the work began; nothing was written; run the same command again"]
+    assert not out.exists()
+
+
+def test_names_are_choices_in_help_and_for_completion(capsys):
+    from hpcdd.names import DATASET_NAMES, NET_NAMES
+    from hpcdd.specs import METHODS, SAMPLERS
+
+    code, out, _ = run_cli(capsys, "distill", "--help")
+    assert code == 0
+    assert "--method {" + ",".join(METHODS.names()) + "}" in " ".join(out.split())
+    distill = next(a for a in build_parser()._actions if a.dest == "command").choices["distill"]
+    choices = {a.dest: a.choices for a in distill._actions if a.choices}
+    assert choices == {"method": METHODS.names(), "sampler": SAMPLERS.names(),
+                       "dataset": list(DATASET_NAMES), "net": list(NET_NAMES)}
+
+
+def test_progress_off_a_terminal_is_lines_not_bar_frames(capsys, tmp_path):
+    """stderr is not a terminal here (as in a Slurm .err log): no carriage-return frames, a line
+    per loop (every 30 s and at its end) for the distillation and each evaluation model."""
+    flags = [f for f in TINY_FLAGS if f != "--no-progress"]
+    code, _, err = run_cli(capsys, "distill", *flags, "--method", "dm", "--out", str(tmp_path / "r"))
+    assert code == 0, err
+    assert "\r" not in err and "it/s" not in err
+    lines = err.strip().splitlines()
+    assert any(line.startswith("dm ") and ": 2/2 (100%)" in line and "loss=" in line for line in lines), err
+    assert any(line.startswith("eval convnet3 1/1: 1/1 (100%)") for line in lines), err
+
+
+def test_progress_lines_come_every_so_often():
+    import io
+
+    from hpcdd.runtime.progress import progress
+
+    stream = io.StringIO()
+    bar = progress(2, 5, desc="x", every=0.0, stream=stream)
+    for it in bar:
+        bar.set_postfix(loss=f"{it:.1f}")
+    assert stream.getvalue().splitlines()[0].startswith("x: 3/5 (60%), ")
+    assert stream.getvalue().splitlines()[-1].startswith("x: 5/5 (100%), ") and "loss=4.0" in stream.getvalue()
+    quiet = io.StringIO()
+    assert list(progress(0, 3, every=1e9, stream=quiet)) == [0, 1, 2]
+    assert len(quiet.getvalue().splitlines()) == 2  # the first step, and the end

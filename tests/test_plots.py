@@ -227,3 +227,80 @@ def test_image_grid_max_per_class_and_old_files(tmp_path: Path) -> None:
         save_image_grid(images, labels, 0.0, 1.0, path, max_per_class=0)
     with pytest.raises(ValueError):
         save_image_grid(images, labels, 0.0, 1.0, path, scale=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 22: curves of today's run dirs, ablation x axes with a zero
+
+
+def _run_dir_layout(root: Path, n: int = 2) -> Path:
+    """``n`` run dirs of today's layout: run.json and metrics.jsonl at the top, the result row in
+    ``eval/<eval_id>/`` (from the fixture's result files)."""
+    from hpcdd.report.aggregate import load_result
+
+    sources = sorted(p for p in MAIN.iterdir() if load_result(str(p))[0] is not None)[:n]
+    for k, src in enumerate(sources):
+        run = root / src.name
+        (run / "eval" / "abcdef012345").mkdir(parents=True)
+        (run / "run.json").write_text(json.dumps({"kind": "hpcdd-run", "run_id": src.name}))
+        (run / "done").write_text("{}")
+        lines = [{"it": i, "loss": 5.0 - i} for i in range(4)] + [{"it": 4, "eval_acc": 0.5 + k / 10,
+                                                                   "eval_model": "convnet3", "eval_epochs": 100}]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        result = json.loads((src / "result.json").read_text())
+        (run / "eval" / "abcdef012345" / "result.json").write_text(json.dumps(result))
+        (run / "eval" / "abcdef012345" / "done").write_text("abcdef012345\n")
+    return root
+
+
+def test_curves_of_todays_run_dirs(tmp_path):
+    df, _ = aggregate([_run_dir_layout(tmp_path)])
+    evals, losses = load_curves(df)
+    assert len(losses) == 8 and len(evals) == 2
+
+
+def test_plot_curve_command_on_a_runs_dir(tmp_path, capsys):
+    from hpcdd.cli import main
+
+    runs = _run_dir_layout(tmp_path / "runs")
+    assert main(["plot", str(runs), "--curve", "-o", str(tmp_path / "c")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def _ablation(values=(0.0, 1e-4, 1e-3, 1e-2)) -> pd.DataFrame:
+    rows = [dict(method="global_local", lambda_local=v, seed=s, acc_mean=0.69 + 0.001 * s + v,
+                 protocol="dc100", dataset="fashionmnist", ipc=10, net="convnet3")
+            for v in values for s in (0, 1)]
+    return pd.DataFrame(rows)
+
+
+def _visible_tick_boxes(fig):
+    renderer = drawn(fig)
+    [ax] = fig.axes
+    return ax, [(t.get_text(), t.get_window_extent(renderer)) for t in ax.get_xticklabels()
+                if t.get_visible() and t.get_text()]
+
+
+@pytest.mark.parametrize("xscale", ["auto", "linear", "log"])
+def test_ablation_tick_labels_never_overlap(xscale):
+    s = xy_summary(_ablation(), "lambda_local", "acc_mean", ["method"])
+    ax, boxes = _visible_tick_boxes(plot_xy(s, "lambda_local", "acc_mean", ["method"], xscale=xscale))
+    for (_, a), (_, b) in zip(boxes, boxes[1:]):
+        assert a.x1 <= b.x0, [t for t, _ in boxes]
+    assert boxes[0][0] == "0" and boxes[-1][0] == "0.01"
+    if xscale != "linear":  # spread on a (sym)log axis: every value keeps its label
+        assert [t for t, _ in boxes] == ["0", "0.0001", "0.001", "0.01"]
+
+
+def test_log_x_with_a_zero_draws_every_point_without_warnings():
+    import warnings
+
+    s = xy_summary(_ablation(), "lambda_local", "acc_mean", ["method"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the RuntimeWarning of log10(0) fails the test
+        fig = plot_xy(s, "lambda_local", "acc_mean", ["method"], xscale="log")
+        drawn(fig)
+    [ax] = fig.axes
+    xs = np.concatenate([line.get_xdata() for line in ax.get_lines() if len(line.get_xdata()) == 4])
+    assert np.isfinite(xs).all() and (xs[0] == 0 or abs(xs[0]) < 1e-6)
+    assert ax.get_xscale() == "symlog"

@@ -71,6 +71,7 @@ def test_local_and_debug_give_identical_results(both):
         assert json.loads((local / rid / "job.json").read_text())["cluster"] == "local"
         assert json.loads((debug / rid / "job.json").read_text())["job_id"].startswith("DEBUG_")
     assert (local / ".submitit").is_dir()
+    assert not (local / ".submitit" / "%j").exists()  # submitit's controller made it, unexpanded
     manifest = json.loads((local / ".sweeps" / "localtest.json").read_text())
     assert manifest["run_ids"] == sweep.run_ids()
 
@@ -91,6 +92,31 @@ def test_status_table_without_any_scheduler(both, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert out.count(" done ") == 4 and "sweep localtest: 4 cells: 4 done" in out
     assert "done: dc2 acc" in out  # the last line of each log.txt
+
+
+def test_status_json_and_state_filter(both, capsys, tmp_path):
+    """``--json``: one document, a record per cell; ``--state``: only the cells in that state
+    (a grid with one more seed than was run: 4 done, 2 not launched)."""
+    grid, local, debug, sweep = both
+    more = write_grid(tmp_path / "grid.yaml", {**GRID, "seeds": 3})
+    assert sweep_cli("status", more, "--out", str(local), "--json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["sweep"] == "localtest" and doc["counts"]["cells"] == {"done": 4, "not launched": 2}
+    assert [r["state"] for r in doc["tasks"]].count("done") == 4 and len(doc["tasks"]) == 6
+    done = next(r for r in doc["tasks"] if r["state"] == "done")
+    assert done["task"] == "run" and done["id"].split("/")[0] in sweep.run_ids()
+    assert set(done["point"]) == {"method", "seed"} and done["job"].isdigit()  # the local controller pid
+    assert "done: dc2 acc" in done["last_log"]
+    assert sweep_cli("status", more, "--out", str(local), "--json", "--state", "not_launched") == 0
+    todo = json.loads(capsys.readouterr().out)["tasks"]
+    assert [r["point"]["seed"] for r in todo] == [2, 2] and {r["state"] for r in todo} == {"not launched"}
+    assert sweep_cli("status", more, "--out", str(local), "--state", "done") == 0
+    out = capsys.readouterr().out
+    assert out.count(" done ") == 4 and "not launched" not in out.split("sweep localtest")[0]
+    assert "6 cells: 4 done, 2 not launched (showing done)" in out
+    with pytest.raises(SystemExit):
+        sweep_cli("status", more, "--out", str(local), "--state", "finished")
+    assert "unknown state 'finished'" in capsys.readouterr().err
 
 
 def test_retry_resubmits_exactly_the_incomplete_run(both, capsys):

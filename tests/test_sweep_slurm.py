@@ -16,7 +16,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -315,8 +317,6 @@ TESTS = Path(__file__).resolve().parent
 def doubles(monkeypatch, tmp_path):
     """The test-only methods (tests/doubles.py) in this process and in every job (sbatch exports
     the submitting environment)."""
-    import os
-
     monkeypatch.setenv("HPCDD_PLUGINS", "doubles")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     return tmp_path / "artefacts"
@@ -396,3 +396,125 @@ def test_bad_grid_submits_nothing(slurm_env, tmp_path, case):
     assert "\n" not in str(e.value)
     assert not list(tmp_path.glob("runs/*/job.json")) and not (tmp_path / "runs").exists()
     assert jobs_named(name) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 22: separate evaluations from an empty runs dir; a launcher killed anywhere
+
+
+def test_separate_evals_from_an_empty_runs_dir(slurm_env, tmp_path, capsys):
+    """The launch writes RUN/eval/<id>/job.json before the run's own job starts: that run dir is
+    still free for it, and the evaluations run as their own array after the distillations."""
+    data = {"name": "sl-sepeval", "base": {**TINY, "iterations": 2}, "seeds": 2, "separate_evals": True,
+            "exec": QUIET, "slurm": {"time_min": 20, "array_parallelism": 4}}
+    grid, runs = write_grid(tmp_path / "grid.yaml", data), tmp_path / "runs"
+    sweep = load_grid(grid)
+    assert sweep_cli("launch", grid, "--out", str(runs), "--wait", "--poll-s", "1", "--wait-timeout", "240") == 0
+    states = wait_for(runs, build_tasks(sweep, runs), poll_s=1, timeout_s=60)
+    assert [s.state for s in states.values()] == ["done"] * 4, states
+    for run in sweep.runs:
+        [eid] = run.eval_ids
+        eval_job = json.loads((runs / run.run_id / "eval" / eid / "job.json").read_text())["job_id"]
+        assert eval_job.split("_")[0] != json.loads((runs / run.run_id / "job.json").read_text())["job_id"].split("_")[0]
+        assert json.loads((runs / run.run_id / "eval" / eid / "result.json").read_text())["run_id"] == run.run_id
+    capsys.readouterr()
+
+
+CRASH = Path(__file__).resolve().parent / "crash_launch.py"
+HELD = {"time_min": 20, "additional": {"begin": "now+1hour"}}
+
+
+def _crash_grid(tmp_path: Path, name: str, slurm: dict) -> tuple[str, Path]:
+    data = {"name": name, "base": {**TINY, "iterations": 2}, "seeds": 3, "separate_evals": True,
+            "exec": QUIET, "slurm": slurm}
+    return write_grid(tmp_path / "grid.yaml", data), tmp_path / "runs"
+
+
+def _killed_launch(point: str, n: int, grid: str, runs: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(CRASH), point, str(n), "sweep", "launch", grid, "--out", str(runs)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == -9, f"not killed at {point} #{n}: rc {proc.returncode}\n{proc.stdout}{proc.stderr}"
+
+
+def _live_jobs(name: str) -> list[str]:
+    out = sh("squeue", "-h", "-r", "-t", "PENDING,RUNNING", "-o", "%i", "-n", f"hpcdd-{name},hpcdd-{name}-eval")
+    return out.stdout.split()
+
+
+@pytest.mark.parametrize("point, n", [
+    ("record", 1), ("sbatch-before", 1), ("sbatch-after", 1), ("pickle", 1), ("job-json", 2), ("drop", 1),
+    ("record", 2), ("sbatch-after", 2),
+])
+def test_a_relaunch_after_the_launcher_was_killed_submits_no_task_twice(slurm_env, tmp_path, capsys, point, n):
+    """kill -9 of ``sweep launch`` at each point of submitting two arrays (3 runs, then their 3
+    evaluations), held in the queue: the relaunch leaves exactly one queued job per task, each with
+    its pickled job in place (so it can run), and the evaluations waiting on the runs' array."""
+    from submitit.core.utils import DelayedSubmission
+
+    name = f"sl-crash-{point}-{n}-{os.getpid()}"  # held jobs of an earlier session never count
+    grid, runs = _crash_grid(tmp_path, name, HELD)
+    sweep = load_grid(grid)
+    tasks = build_tasks(sweep, runs)
+    try:
+        _killed_launch(point, n, grid, runs)
+        assert sweep_cli("launch", grid, "--out", str(runs)) == 0
+        records = {t.key: json.loads((t.dir / "job.json").read_text())["job_id"] for t in tasks}
+        live = _live_jobs(name)
+        assert sorted(live) == sorted(records.values()) and len(set(live)) == len(tasks) == 6, (records, live)
+        for t in tasks:
+            jid = records[t.key]
+            pickle = runs / ".submitit" / jid / f"{jid}_submitted.pkl"
+            assert DelayedSubmission.load(pickle).function.task_dir == str(t.dir.absolute())
+        run_array = {records[t.key].split("_")[0] for t in tasks if t.stage == "run"}
+        eval_array = {records[t.key].split("_")[0] for t in tasks if t.stage == "eval"}
+        assert len(run_array) == len(eval_array) == 1
+        deps = sh("scontrol", "show", "job", eval_array.pop()).stdout
+        assert f"afterok:{run_array.pop()}" in deps.replace("_*", "")
+        assert not list((runs / ".sweeps").glob("*.submitting/*.json"))
+        capsys.readouterr()
+        assert sweep_cli("launch", grid, "--out", str(runs)) == 0  # and once more: nothing new
+        assert "nothing to submit" in capsys.readouterr().out and sorted(_live_jobs(name)) == sorted(live)
+    finally:
+        sh("scancel", "-n", f"hpcdd-{name}")
+        sh("scancel", "-n", f"hpcdd-{name}-eval")
+
+
+def test_cancel_after_a_killed_launch_cancels_what_it_submitted(slurm_env, tmp_path, capsys):
+    name = f"sl-crash-cancel-{os.getpid()}"
+    grid, runs = _crash_grid(tmp_path, name, HELD)
+    try:
+        _killed_launch("sbatch-after", 2, grid, runs)  # the run array recorded, the eval array not
+        assert len(_live_jobs(name)) == 6
+        assert sweep_cli("status", grid, "--out", str(runs)) == 0
+        assert "an interrupted launch left 1 submission record(s)" in capsys.readouterr().err
+        assert sweep_cli("cancel", grid, "--out", str(runs)) == 0
+        assert "cancelled 6 job(s)" in capsys.readouterr().out
+        wait_until(lambda: not _live_jobs(name), 30, "the cancelled jobs to leave the queue")
+    finally:
+        sh("scancel", "-n", f"hpcdd-{name}")
+        sh("scancel", "-n", f"hpcdd-{name}-eval")
+
+
+def test_a_launch_killed_inside_sbatch_runs_every_task_once(slurm_env, tmp_path):
+    """The array sbatch accepted is found, its pickles put in place while its tasks wait for them,
+    and every distillation and evaluation runs exactly once (accounting lists 6 jobs, all done)."""
+    name = f"sl-crash-run-{os.getpid()}"
+    grid, runs = _crash_grid(tmp_path, name, {"time_min": 20, "array_parallelism": 6})
+    sweep = load_grid(grid)
+    since = time.strftime("%Y-%m-%dT%H:%M:%S")
+    _killed_launch("sbatch-after", 1, grid, runs)
+    assert sweep_cli("launch", grid, "--out", str(runs), "--wait", "--poll-s", "1", "--wait-timeout", "240") == 0
+    for run in sweep.runs:
+        assert (runs / run.run_id / "log.txt").read_text().count("start run") == 1
+
+    def accounted() -> list[list[str]]:
+        out = sh("sacct", "-n", "-P", "-X", "-S", since, "--name", f"hpcdd-{name},hpcdd-{name}-eval",
+                 "-o", "JobID,JobName,State").stdout
+        return [line.split("|") for line in out.splitlines() if line.strip()]
+
+    wait_until(lambda: {r[2] for r in accounted()} <= {"COMPLETED", "FAILED", "CANCELLED"}, 60,
+               "accounting to record the finished jobs")
+    ran = accounted()
+    assert sorted(r[1] for r in ran) == [f"hpcdd-{name}"] * 3 + [f"hpcdd-{name}-eval"] * 3, ran
+    assert {r[2] for r in ran} == {"COMPLETED"}, ran

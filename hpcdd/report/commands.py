@@ -32,15 +32,21 @@ def _warn(report: AggregateReport | None) -> None:
     print(f"hpcdd: {report.summary()}", file=sys.stderr)
 
 
-def _check_output(output: str | None) -> None:
-    """Refuse an ``-o`` that names a directory before any work is done (one line, exit 2);
-    other write failures surface from the atomic write as :class:`WriteError`."""
+def _check_output(output: str | None, suffixes: tuple[str, ...] = ("",)) -> None:
+    """Refuse an ``-o`` that names a directory, or a file hpcdd owns in a run dir
+    (:func:`hpcdd.rundir.check_output`), before any work is done (one line, exit 2); other write
+    failures surface from the atomic write as :class:`WriteError`. ``suffixes``: the files written
+    are ``output + suffix`` (a plot's stem)."""
+    from hpcdd.rundir import check_output
+
     if output is None:
         return
     if not output.strip():
         raise ConfigError(f"-o needs a file name, got {output!r}")
     if output.endswith(("/", os.sep)) or os.path.isdir(output):
         raise WriteError(f"cannot write {output}: Is a directory (-o takes a file name)")
+    for suffix in suffixes:
+        check_output(output + suffix)
 
 
 def _emit(text: str, output: str | None) -> None:
@@ -108,6 +114,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from hpcdd.report import plots
     from hpcdd.report.select import filter_rows, parse_keys
 
+    if args.output:
+        stem = str(plots.figure_stem(args.output))
+        _check_output(stem, tuple(f".{fmt}" for fmt in plots.FIG_FORMATS))
     if args.curve:
         if not all(os.path.isdir(p) for p in args.inputs):
             raise ConfigError("--curve reads metrics.jsonl from runs directories, not a CSV")
@@ -191,7 +200,8 @@ def _add_plot(sub: Any) -> None:
     p.add_argument("--hue", default="method",
                    help="comma-separated columns, one line per value (default: method; '' for none)")
     p.add_argument("--xscale", choices=("auto", "linear", "log"), default="auto",
-                   help="x axis scale (auto: log when positive values span >= 20x)")
+                   help="x axis scale (auto: log when the non-zero values are positive and span "
+                   ">= 20x; with a zero the log axis is symlog, so 0 keeps its own tick)")
     p.add_argument("--curve", "--metrics", dest="curve", action="store_true",
                    help="plot accuracy/loss vs iteration from the runs' metrics.jsonl")
     _add_filters(p)

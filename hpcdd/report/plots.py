@@ -29,10 +29,13 @@ from matplotlib.figure import Figure
 from matplotlib.legend import Legend
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.scale import LogTransform, SymmetricalLogTransform
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
+from matplotlib.transforms import IdentityTransform, Transform
 
 from hpcdd.errors import ConfigError
 from hpcdd.io import atomic_write_bytes, read_jsonl
+from hpcdd.rundir import EVALS, METRICS
 from hpcdd.report.select import SEED, config_columns, prepare, summarize
 from hpcdd.report.tables import is_accuracy
 
@@ -144,12 +147,50 @@ def xy_summary(
     return out
 
 
-def _use_log(values: np.ndarray, xscale: str) -> bool:
-    if xscale in ("linear", "log"):
-        return xscale == "log"
-    if xscale != "auto":
+def x_scale(values: np.ndarray, xscale: str) -> tuple[str, dict]:
+    """(matplotlib scale name, its keyword arguments) for numeric x ``values``.
+
+    ``log`` with a zero (or negative) value is ``symlog``, linear up to the smallest non-zero
+    |x|: zero gets its own tick instead of breaking the plot. ``auto`` takes a log axis when the
+    non-zero values are all positive and span at least 20x (an ablation over 0, 1e-4, 1e-3, 1e-2
+    too), else linear.
+    """
+    if xscale not in ("auto", "linear", "log"):
         raise ConfigError(f"--xscale must be auto, linear or log, got {xscale!r}")
-    return bool(len(values) and values.min() > 0 and values.max() / values.min() >= 20)
+    nonzero = np.abs(values[values != 0])
+    if xscale == "linear" or not len(nonzero):
+        return "linear", {}
+    if xscale == "auto" and not ((values >= 0).all() and nonzero.max() / nonzero.min() >= 20):
+        return "linear", {}
+    if (values > 0).all():
+        return "log", {}
+    return "symlog", {"linthresh": float(nonzero.min()), "linscale": 0.5}
+
+
+def _scale_transform(name: str, kw: dict) -> Transform:
+    """The forward transform of a scale (x -> axis coordinate before the axes' own scaling)."""
+    if name == "log":
+        return LogTransform(10)
+    if name == "symlog":
+        return SymmetricalLogTransform(10, kw["linthresh"], kw["linscale"])
+    return IdentityTransform()
+
+
+def _spread_ticks(ax, fig: Figure) -> None:
+    """No two x tick labels overlap: in the order of their ticks, each label that overlaps the
+    last one kept is hidden (its tick stays), e.g. 1e-4 next to 0 on a forced linear axis."""
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw_without_rendering()
+    kept = None
+    for tick in sorted(ax.xaxis.get_major_ticks(), key=lambda t: t.get_loc()):
+        label = tick.label1
+        if not label.get_visible() or not label.get_text():
+            continue
+        box = label.get_window_extent(renderer)
+        if kept is not None and box.x0 < kept.x1 + 2:
+            label.set_visible(False)
+        else:
+            kept = box
 
 
 def dodge_offsets(n_groups: int, positions: np.ndarray) -> np.ndarray:
@@ -184,16 +225,18 @@ def plot_xy(
     )
     cats = sorted(summary[x].astype(str).unique()) if not numeric else []
     values = np.unique(summary[x].to_numpy(float)) if numeric else np.arange(len(cats), dtype=float)
-    log = numeric and _use_log(values, xscale)
+    scale_name, scale_kw = x_scale(values, xscale) if numeric else ("linear", {})
+    forward = _scale_transform(scale_name, scale_kw)
     groups = list(summary.groupby(list(hue), dropna=False, sort=True)) if hue else [((), summary)]
-    offsets = dodge_offsets(len(groups), np.log10(values) if log else values)
+    offsets = dodge_offsets(len(groups), forward.transform(values.reshape(-1, 1)).ravel())
     fig = Figure(figsize=(5.0, 3.6), layout="constrained")
     ax = fig.add_subplot()
     handles, labels = [], []
     for k, (key, g) in enumerate(groups):
         g = g.sort_values(x)
         xs = g[x].to_numpy(float) if numeric else np.array([cats.index(str(v)) for v in g[x]], float)
-        xs = xs * 10 ** offsets[k] if log else xs + offsets[k]
+        shifted = forward.transform(xs.reshape(-1, 1)) + offsets[k]  # dodged on the axis' own scale
+        xs = forward.inverted().transform(shifted).ravel()
         key = key if isinstance(key, tuple) else (key,)
         bars = ax.errorbar(
             xs, g["mean"].to_numpy(float) * scale,
@@ -204,8 +247,8 @@ def plot_xy(
         )
         handles.append(bars)
         labels.append(_label(hue, key))
-    if log:
-        ax.set_xscale("log")
+    if scale_name != "linear":
+        ax.set_xscale(scale_name, **scale_kw)
     ax.set_xticks(values, [_text(v) for v in values] if numeric else cats)
     if not numeric:
         ax.set_xlim(-0.5, len(cats) - 0.5)
@@ -223,15 +266,25 @@ def plot_xy(
         _figure_legend(fig, handles, labels, title=f"mean ± std over seeds (ddof=1), {note}")
     else:
         _figure_legend(fig, handles, [f"mean ± std over seeds (ddof=1); {note}"])
+    _spread_ticks(ax, fig)
     return fig
+
+
+def metrics_path(row_dir: str) -> str:
+    """The ``metrics.jsonl`` of a result row's dir: a row comes from ``RUN/eval/<eval_id>/``, the
+    metrics are the distillation's, ``RUN/metrics.jsonl`` (a dir of the old flat layout holds both)."""
+    parent = os.path.dirname(os.path.normpath(row_dir))
+    if os.path.basename(parent) == EVALS and not os.path.exists(os.path.join(row_dir, METRICS)):
+        return os.path.join(os.path.dirname(parent), METRICS)
+    return os.path.join(row_dir, METRICS)
 
 
 def load_curves(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(eval rows, loss rows) from each run's metrics.jsonl, tagged with the run's row index.
 
-    Eval rows have columns ``row, it, eval_acc, eval_model, eval_epochs`` (-1 if not logged);
-    loss rows ``row, it, loss``. An eval row at ``it == 0`` (the synthetic set at
-    initialisation) is kept like any other. A torn last line is skipped; runs without a metrics
+    Each row's metrics are its run's (:func:`metrics_path`). Eval rows have columns
+    ``row, it, eval_acc, eval_model, eval_epochs`` (-1 if not logged); loss rows ``row, it, loss``.
+    An eval row at ``it == 0`` (the synthetic set at initialisation) is kept like any other. A torn last line is skipped; runs without a metrics
     file are skipped; a row repeated for the same iteration keeps its last value.
     """
     if "run_dir" not in df.columns:
@@ -239,7 +292,7 @@ def load_curves(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     evals: list[tuple] = []
     losses: list[tuple] = []
     for row, run_dir in zip(df.index, df["run_dir"]):
-        for rec in read_jsonl(os.path.join(str(run_dir), "metrics.jsonl")):
+        for rec in read_jsonl(metrics_path(str(run_dir))):
             it = rec.get("it")
             if not isinstance(it, (int, float)) or isinstance(it, bool):
                 continue

@@ -37,6 +37,8 @@ def show_run(run_dir: Path, output: str | None = None, *, ipc: int | None = None
     from hpcdd.artefact import load_source
     from hpcdd.specs import METHODS
 
+    png = Path(output) if output else run_dir / rundir.PNG
+    rundir.check_output(png, allow=(rundir.PNG,))
     cfg = rundir.read_config(run_dir)
     if cfg is None:
         raise RunDirError(f"{run_dir} is not an hpcdd run dir (no run.json / config.yaml)")
@@ -46,7 +48,6 @@ def show_run(run_dir: Path, output: str | None = None, *, ipc: int | None = None
     source, state = load_source(rundir.artefact_path(run_dir, output_kind), output_kind)
     syn = source.sample(ipc or 10, generator(seed, "show"))
     info = state.get("info") or {}
-    png = Path(output) if output else run_dir / rundir.PNG
     try:
         save_image_grid(syn.images, syn.labels, info.get("mean", (0.0,)), info.get("std", (1.0,)), png,
                         class_names=info.get("class_names"), scale=scale, max_per_class=max_per_class)
@@ -75,6 +76,7 @@ def generate_synset(run_dir: Path, ipc: int, out: Path, *, seed: int = 0) -> tup
         raise ConfigError(f"--seed must be >= 0, got {seed}")
     if out.exists():
         raise ConfigError(f"{out} exists; choose another --out")
+    rundir.check_output(out)
     cfg = rundir.read_config(run_dir)
     if cfg is None or not rundir.is_done(run_dir):
         raise RunDirError(f"{run_dir} is not a finished hpcdd run dir")

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
-from tqdm.auto import tqdm
 
 from hpcdd.config import ExecConfig
 from hpcdd.errors import NonFiniteLossError
 from hpcdd.io import append_line, atomic_write_text, read_jsonl
 from hpcdd.rundir import CHECKPOINTS, METRICS, log
-from hpcdd.runtime.checkpoint import checkpoint_files, load_latest, save_checkpoint
+from hpcdd.runtime.checkpoint import checkpoint_files, load_latest, save_checkpoint, warn_line
 from hpcdd.runtime.preempt import Interrupted
+from hpcdd.runtime.progress import progress
 
 
 class Steppable(Protocol):
@@ -53,7 +53,11 @@ def run_steps(
     """
     ckpt_dir = run_dir / CHECKPOINTS
     metrics_path = run_dir / METRICS
-    state = load_latest(ckpt_dir, ident, restore=lambda s: _restore(job, s))
+    def warn(msg: str) -> None:
+        log(run_dir, f"warning: {msg}")
+        warn_line(msg)
+
+    state = load_latest(ckpt_dir, ident, restore=lambda s: _restore(job, s), warn=warn)
     start, elapsed = 0, 0.0
     if state is not None:
         start, elapsed = int(state["it"]), float(state["seconds"])
@@ -72,7 +76,7 @@ def run_steps(
         last_save = time.monotonic()
         log(run_dir, f"checkpoint at iteration {done}")
 
-    bar = tqdm(range(start, total), desc=desc, disable=not exec_cfg.progress, initial=start, total=total)
+    bar = progress(start, total, desc=desc, enabled=exec_cfg.progress)
     for it in bar:
         metrics = job.step(it)
         loss = metrics.get("loss", 0.0)

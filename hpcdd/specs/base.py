@@ -16,10 +16,11 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, TypeVar
 
-from hpcdd.config import RunConfig, check_config
+from hpcdd.config import RunConfig, check_config, eval_flat_names, field_names
 from hpcdd.errors import ConfigError
 from hpcdd.registry import Registry
 
@@ -159,12 +160,39 @@ def plugin_modules() -> list[str]:
 
 
 def load_plugins() -> None:
-    """Import the modules named in ``$HPCDD_PLUGINS`` (a no-op for those already imported)."""
-    for name in plugin_modules():
+    """Import the modules named in ``$HPCDD_PLUGINS`` (a no-op for those already imported); when
+    one is imported now, check that every flat key still has one owner (:func:`check_flat_keys`),
+    so a plugin parameter that shadows a run key is refused at once with one line."""
+    names = plugin_modules()
+    new = [name for name in names if name not in sys.modules]
+    for name in names:
         try:
             importlib.import_module(name)
         except ImportError as e:
             raise ConfigError(f"cannot import plugin module {name!r} from ${PLUGINS_ENV}: {e}") from None
+    if new:
+        try:
+            check_flat_keys()
+        except ValueError as e:
+            raise ConfigError(f"plugin module(s) {', '.join(new)} from ${PLUGINS_ENV}: {e}") from None
+
+
+def _all_params(registry: SpecRegistry) -> set[str]:
+    """Every parameter name of the specs registered so far (no plugin loading: this runs inside it)."""
+    return {n for name in Registry.names(registry) for n in param_names(Registry.get(registry, name).params)}
+
+
+def check_flat_keys() -> None:
+    """Parameter names never shadow run/eval keys, and method and sampler parameters never share
+    a name, so every flat key has one owner; ``ValueError`` naming the clash otherwise."""
+    reserved = set(field_names(RunConfig)) | set(eval_flat_names())
+    methods, samplers = _all_params(METHODS), _all_params(SAMPLERS)
+    for what, names in (("method", methods), ("sampler", samplers)):
+        clash = sorted(names & reserved)
+        if clash:
+            raise ValueError(f"{what} parameter(s) {clash} shadow RunConfig/EvalConfig keys")
+    if methods & samplers:
+        raise ValueError(f"method and sampler parameters share names: {sorted(methods & samplers)}")
 
 
 def load_impl(path: str) -> Any:
@@ -180,5 +208,5 @@ def param_names(cls: type) -> tuple[str, ...]:
 __all__ = [
     "NoParams", "PrereqRef", "MethodSpec", "SamplerSpec", "PrereqSpec", "SpecRegistry",
     "METHODS", "SAMPLERS", "PREREQS", "register_method", "register_sampler", "register_prereq",
-    "load_impl", "load_plugins", "plugin_modules", "param_names", "PLUGINS_ENV",
+    "load_impl", "load_plugins", "plugin_modules", "param_names", "check_flat_keys", "PLUGINS_ENV",
 ]

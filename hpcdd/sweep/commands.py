@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 from hpcdd.errors import ConfigError
@@ -115,27 +117,61 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from hpcdd.sweep.state import build_tasks, collect_states
-    from hpcdd.sweep.tables import cell_state_map, state_counts, status_table
+    from hpcdd.sweep.state import STATES, build_tasks, collect_states
+    from hpcdd.sweep.tables import cell_state_map, state_counts, status_records, status_table
 
     sweep = _load(args)
     runs_dir = Path(args.out)
     states = collect_states(runs_dir, build_tasks(sweep, runs_dir))
-    print(status_table(sweep, states))
     cells = cell_state_map(sweep, states)
     prereqs = {k: s for k, s in states.items() if k.startswith("prereq:")}
+    if args.json:
+        counts = {"cells": _counts(cells.values(), STATES), "prerequisites": _counts(prereqs.values(), STATES)}
+        doc = {"sweep": sweep.name, "grid": sweep.source, "runs_dir": str(runs_dir), "axes": list(sweep.axes),
+               "counts": counts, "state_filter": args.state, "tasks": status_records(sweep, states, args.state)}
+        print(json.dumps(doc, indent=1))
+        return 0
+    print(status_table(sweep, states, args.state))
     extra = f"; prerequisites: {state_counts(prereqs)}" if prereqs else ""
-    print(f"sweep {sweep.name}: {len(cells)} cells: {state_counts(cells)}{extra}")
+    shown = f" (showing {args.state})" if args.state else ""
+    print(f"sweep {sweep.name}: {len(cells)} cells: {state_counts(cells)}{extra}{shown}")
+    _note_interrupted(runs_dir, sweep.name)
     return 0
+
+
+def _note_interrupted(runs_dir: Path, name: str) -> None:
+    from hpcdd.sweep.reconcile import pending_intents
+
+    n = len(pending_intents(runs_dir, name))
+    if n:
+        print(f"hpcdd: note: an interrupted launch left {n} submission record(s): tasks shown as "
+              "'not launched' may be queued; 'hpcdd sweep launch' reconciles them first", file=sys.stderr)
+
+
+def _counts(states, order) -> dict[str, int]:
+    found = Counter(s.state for s in states)
+    return {k: found[k] for k in order if found[k]}
+
+
+def _state_name(text: str) -> str:
+    """``--state``: a state of ``sweep status`` (``not_launched``/``not-launched`` for the one with a space)."""
+    from hpcdd.sweep.state import STATES
+
+    name = " ".join(text.replace("_", " ").replace("-", " ").split()).lower()
+    if name not in STATES:
+        raise argparse.ArgumentTypeError(f"unknown state {text!r} (choose one of: {', '.join(STATES)})")
+    return name
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     """scancel every queued or running Slurm job of the grid's tasks (one call)."""
-    from hpcdd.sweep import scheduler
+    from hpcdd.sweep import reconcile, scheduler
     from hpcdd.sweep.state import ACTIVE, build_tasks, collect_states
 
     sweep = _load(args)
     runs_dir = Path(args.out)
+    if not args.dry_run and reconcile.pending_intents(runs_dir, sweep.name):
+        reconcile.reconcile(runs_dir, sweep.name)  # what a killed launch submitted: cancel it too
     states = collect_states(runs_dir, build_tasks(sweep, runs_dir), details=False)
     ids = sorted({s.job_id for s in states.values() if s.state in ACTIVE and s.job_id
                   and not s.job_id.startswith("DEBUG")})
@@ -236,6 +272,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "log.txt and the error of failed ones. Reads the run dirs first and the "
                             "scheduler second (one squeue and one sacct call).")
     _common(status)
+    status.add_argument("--json", action="store_true",
+                        help="print one JSON document (sweep, counts, one record per prerequisite and cell: "
+                        "task, id, point, state, detail, job, progress, last_log, error) instead of the table")
+    status.add_argument("--state", type=_state_name, default=None, metavar="STATE",
+                        help="show only the prerequisites and cells in this state: done, running, pending, "
+                        "failed, blocked, not_launched, unknown (the summary line still counts all)")
     status.set_defaults(func=cmd_status)
     retry = sub.add_parser("retry", help="resubmit failed, blocked or incomplete tasks (= launch --retry)",
                            description="Same as 'sweep launch --retry': resubmit tasks with no 'done' whose "

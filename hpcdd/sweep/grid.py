@@ -39,7 +39,7 @@ from hpcdd.catalog import eval_id, flat_names, prereq_id, prerequisites, resolve
 from hpcdd.config import (
     EVAL_PREFIX, EvalConfig, ExecConfig, RunConfig, check_config, field_names, from_dict, plain,
 )
-from hpcdd.errors import ConfigError
+from hpcdd.errors import ConfigError, brief
 from hpcdd.specs import PrereqRef
 
 TOP_LEVEL_KEYS = ("name", "base", "grid", "zip", "seeds", "evals", "separate_evals", "exec", "slurm")
@@ -94,7 +94,7 @@ class SlurmSpec:
         for key, value in self.additional.items():
             if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
                 raise ConfigError(
-                    f"slurm additional must map option names to scalar values, got {key!r}: {value!r}"
+                    f"slurm additional must map option names to scalar values, got {brief(key)}: {brief(value)}"
                 )
         # these strings become '#SBATCH' lines of a shell script: no line breaks, no spaces
         texts = {"partition": self.partition, "qos": self.qos, "account": self.account,
@@ -102,7 +102,7 @@ class SlurmSpec:
                  **{f"additional key {k!r}": k for k in self.additional}}
         for where, text in texts.items():
             if isinstance(text, str) and (not text.strip() or any(ch.isspace() for ch in text)):
-                raise ConfigError(f"slurm {where} must be one word without spaces or line breaks, got {text!r}")
+                raise ConfigError(f"slurm {where} must be one word without spaces or line breaks, got {brief(text)}")
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ def expand_grid(data: Any, default_name: str = "sweep", source: str = "grid",
     name = data.get("name", default_name)
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ConfigError(f"{source}: name must be letters, digits, '.', '_' or '-' "
-                          f"(not starting with '.'), got {name!r}")
+                          f"(not starting with '.'), got {brief(name)}")
     base = _mapping(data.get("base"), f"{source}: base")
     blocks = _grid_blocks(data.get("grid"), source)
     zipped = _zip_rows(data.get("zip"), source)
@@ -208,7 +208,7 @@ def expand_grid(data: Any, default_name: str = "sweep", source: str = "grid",
     evals = _evals(data.get("evals"), source)
     separate = data.get("separate_evals", False)
     if not isinstance(separate, bool):
-        raise ConfigError(f"{source}: separate_evals must be true or false, got {separate!r}")
+        raise ConfigError(f"{source}: separate_evals must be true or false, got {brief(separate)}")
     _check_keys(base, blocks, zipped, seeds, evals, source)
     _check_size(blocks, zipped, seeds, evals, source, max_points)
     exec_cfg = from_dict(ExecConfig, _mapping(data.get("exec"), f"{source}: exec"), where=f"{source} exec")
@@ -240,7 +240,7 @@ def _mapping(value: Any, what: str) -> dict:
 
 def _value_list(key: Any, values: Any, what: str) -> list:
     if not isinstance(values, list):
-        raise ConfigError(f"{what} key {key!r} must be a list of values, got {values!r}")
+        raise ConfigError(f"{what} key {key!r} must be a list of values, got {brief(values)}")
     if not values:
         raise ConfigError(f"{what} key {key!r} is an empty list: the product would have no runs")
     return values
@@ -287,9 +287,9 @@ def _seeds(value: Any, source: str) -> list[int] | None:
         return list(range(value))
     if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value):
         if len(set(value)) != len(value):
-            raise ConfigError(f"{source}: seeds list has duplicates: {value}")
+            raise ConfigError(f"{source}: seeds list has duplicates: {brief(value)}")
         return list(value)
-    raise ConfigError(f"{source}: seeds must be a count (int >= 1) or a non-empty list of ints, got {value!r}")
+    raise ConfigError(f"{source}: seeds must be a count (int >= 1) or a non-empty list of ints, got {brief(value)}")
 
 
 def _evals(value: Any, source: str) -> list[dict[str, Any]]:
@@ -380,7 +380,7 @@ def _axes(blocks: list[dict], zipped: list[dict], seeds: list[int] | None,
 
 
 def _describe(point: dict) -> str:
-    return "{" + ", ".join(f"{k}: {v!r}" for k, v in point.items()) + "}"
+    return "{" + ", ".join(f"{k}: {brief(v)}" for k, v in point.items()) + "}"
 
 
 def _resolve_points(base: dict, points, source: str) -> list[SweepCell]:

@@ -14,13 +14,16 @@ Planning is separate from submitting so ``--dry-run`` shows exactly what a launc
   the dependants of a failed task and report progress.
 
 Before anything is submitted every task dir is checked (never another run's, never foreign files);
-after each array is submitted, each of its tasks gets a ``job.json``, made durable by one ``syncfs``
-for the whole array instead of fsyncs per file (see :func:`_durable`). The submitit folder is
-``RUNS_DIR/.submitit/%j``.
+on Slurm each array's tasks are written down before ``sbatch`` and the array carries the record's
+token as its comment, so a relaunch after a launcher killed at any point finds what it submitted
+(:mod:`hpcdd.sweep.reconcile`); after each array is submitted, each of its tasks gets a
+``job.json``, made durable by one ``syncfs`` for the whole array instead of fsyncs per file (see
+:func:`_durable`), and the record is dropped. The submitit folder is ``RUNS_DIR/.submitit/%j``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -35,7 +38,7 @@ from hpcdd.catalog import prereq_id
 from hpcdd.config import to_dict
 from hpcdd.errors import HpcddError
 from hpcdd.io import now_utc, sync_filesystem
-from hpcdd.sweep import scheduler
+from hpcdd.sweep import reconcile, scheduler
 from hpcdd.sweep.grid import Sweep
 from hpcdd.sweep.state import (
     ACTIVE, BLOCKED, DONE, FAILED, NOT_LAUNCHED, PENDING, RUNNING, STAGES, SUBMITIT_DIR, UNKNOWN, JobRecord,
@@ -122,6 +125,12 @@ def plan_launch(sweep: Sweep, runs_dir: str | Path, cluster: str = "slurm", *, r
         raise HpcddError(f"unknown cluster {cluster!r}; choose one of: {', '.join(CLUSTERS)}")
     runs_dir = Path(runs_dir)
     slurm_ok = cluster == "slurm" and _check_partition(sweep, dry_run)
+    if cluster == "slurm" and reconcile.pending_intents(runs_dir, sweep.name):
+        if dry_run:
+            print("hpcdd: warning: an interrupted launch left submission records; the next launch "
+                  "reconciles them with the queue first (tasks shown as 'submit' may be queued)", file=sys.stderr)
+        elif slurm_ok:
+            reconcile.reconcile(runs_dir, sweep.name)
     tasks = build_tasks(sweep, runs_dir)
     in_grid = set(sweep.run_ids())
     dropped_ids = [i for i in read_manifest(runs_dir, sweep.name) if i not in in_grid]
@@ -172,7 +181,7 @@ def make_executor(cluster: str, runs_dir: Path, sweep: Sweep, stage: str = "run"
     name = f"hpcdd-{sweep.name}" if stage == "run" else f"hpcdd-{sweep.name}-{stage}"
     params: dict[str, Any] = dict(name=name, timeout_min=spec.time_min)
     if cluster == "slurm":
-        additional = dict(spec.additional)
+        additional = {k: v for k, v in spec.additional.items() if k != "comment"}  # see _submit_chunk
         if dependency:
             additional.update(dependency=dependency, kill_on_invalid_dep="yes")
         params.update(
@@ -226,8 +235,19 @@ def execute(plan: Plan, *, cancel_dropped: bool = False,
         return report
     exec_dict = to_dict(dataclasses.replace(plan.sweep.exec, threads=job_threads(plan.cluster, plan.sweep)))
     if plan.cluster != "slurm":
-        _run_here(plan, todo, exec_dict, report, echo)
+        try:
+            _run_here(plan, todo, exec_dict, report, echo)
+        finally:  # submitit's local controller creates its folder with '%j' unexpanded: empty
+            with contextlib.suppress(OSError):
+                (plan.runs_dir / SUBMITIT_DIR / "%j").rmdir()
         return report
+    with reconcile.launching(plan.runs_dir, plan.sweep.name):
+        _submit_waves(plan, todo, exec_dict, report)
+    return report
+
+
+def _submit_waves(plan: Plan, todo: list[Task], exec_dict: dict[str, Any], report: LaunchReport) -> None:
+    """Slurm: one array per (stage, dependency) group and MaxArraySize chunk, wave after wave."""
     for wave in _waves(todo):
         for group in _by_dependency(plan, wave, report):
             dependency = _dependency(plan, group, report)
@@ -237,7 +257,6 @@ def execute(plan: Plan, *, cancel_dropped: bool = False,
                 chunk = group[start : start + size]
                 start += size
                 _submit_chunk(executor, plan, chunk, k, exec_dict, report)
-    return report
 
 
 def _waves(tasks: list[Task]) -> list[list[Task]]:
@@ -296,6 +315,15 @@ def _dependency(plan: Plan, tasks: list[Task], report: LaunchReport) -> str | No
 
 def _submit_chunk(executor: Any, plan: Plan, chunk: list[Task], k: int, exec_dict: dict[str, Any],
                   report: LaunchReport) -> list[Any]:
+    """Submit one array. On Slurm its tasks are written down first and the array carries the
+    record's token as its comment (:mod:`hpcdd.sweep.reconcile`), so a launcher killed anywhere
+    in here leaves what a relaunch needs to find the array instead of submitting it again."""
+    stamp = now_utc()
+    intent = None
+    if plan.cluster == "slurm":
+        token = reconcile.new_token()
+        intent = reconcile.record_intent(plan.runs_dir, plan.sweep.name, token, k, chunk, stamp)
+        executor.update_parameters(slurm_comment=reconcile.comment(token, plan.sweep.slurm.additional.get("comment")))
     try:
         with executor.batch():
             jobs = [executor.submit(make_job(t, plan.sweep, exec_dict)) for t in chunk]
@@ -303,13 +331,14 @@ def _submit_chunk(executor: Any, plan: Plan, chunk: list[Task], k: int, exec_dic
         before = f"{len(report.submitted)} tasks were submitted before" if report.submitted else "nothing submitted"
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise scheduler.SchedulerError(f"submitting a {chunk[0].stage} array failed ({before}): {msg}") from None
-    stamp = now_utc()
     for task, job in zip(chunk, jobs):
         record = JobRecord(str(job.job_id), plan.cluster, plan.sweep.name, stamp, k, tuple(task.eval_ids))
         write_job(task.dir, record, sync=False)
         report.submitted.append(task.key)
         report.job_ids[task.key] = str(job.job_id)
     _durable(plan, chunk)
+    if intent is not None:
+        reconcile.drop_intent(intent)
     return jobs
 
 

@@ -93,6 +93,21 @@ def queue_states(job_ids: Sequence[str]) -> dict[str, str] | None:
     return _parse_lines(proc.stdout)
 
 
+def jobs_with_comments(names: Sequence[str]) -> dict[str, tuple[str, str]] | None:
+    """``{task id: (comment, state)}`` of every queued or running job with one of these job names
+    (one ``squeue`` call); ``None``: squeue is unavailable."""
+    proc = _run(["squeue", "-h", "-r", "-o", "%i|%T|%k", "-n", ",".join(names)])
+    if proc is None or proc.returncode != 0:
+        return None
+    out: dict[str, tuple[str, str]] = {}
+    for line in proc.stdout.splitlines():
+        parts = line.strip().split("|", 2)
+        if len(parts) == 3 and parts[0]:
+            for task in expand_task_ids(parts[0]):
+                out[task] = (parts[2], parts[1])
+    return out
+
+
 def accounting_states(job_ids: Sequence[str]) -> dict[str, str] | None:
     """``{task id: state}`` from accounting (one ``sacct`` call); ``None`` when sacct fails."""
     ids = base_ids(job_ids)
@@ -140,6 +155,6 @@ def cancel(job_ids: Sequence[str]) -> None:
 
 
 __all__ = [
-    "partitions", "check_partition", "max_array_size", "queue_states", "accounting_states",
+    "partitions", "check_partition", "max_array_size", "queue_states", "accounting_states", "jobs_with_comments",
     "cancel", "expand_task_ids", "SchedulerError", "SlurmUnavailable", "QUEUED", "RUNNING",
 ]

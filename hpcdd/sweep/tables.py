@@ -34,10 +34,6 @@ def _axes_cells(sweep: Sweep, cell: SweepCell) -> list[Any]:
     return [values[a] for a in sweep.axes]
 
 
-def _state_text(s: TaskState) -> str:
-    return s.state if not s.detail or s.state == DONE else f"{s.state} ({_cut(s.detail, 30)})"
-
-
 def _cell_state(sweep: Sweep, cell: SweepCell, states: dict[str, TaskState]) -> TaskState:
     run = states[f"run:{cell.run_id}"]
     if sweep.separate_evals and run.state != DONE:
@@ -62,19 +58,37 @@ def plan_table(sweep: Sweep, states: dict[str, TaskState], actions: dict[str, st
     return _table(rows, headers)
 
 
-def status_table(sweep: Sweep, states: dict[str, TaskState]) -> str:
-    """Prerequisites, then one row per (run, evaluation) cell: ids, varying fields, state, job,
-    progress of running tasks, last log line, error."""
-    headers = ["task", "id", *sweep.axes, "state", "job", "progress", "last log line", "error"]
-    rows = []
+def status_records(sweep: Sweep, states: dict[str, TaskState], only: str | None = None) -> list[dict[str, Any]]:
+    """One record per prerequisite and per (run, evaluation) cell, in table order (``only``: just
+    those in that state): task, id, the varying fields, state, detail, job, progress, last log
+    line, error. What ``sweep status --json`` prints and :func:`status_table` shows."""
+    out = []
     for p in sweep.prereqs:
         s = states[f"prereq:{p.key}"]
-        rows.append(["prereq", p.key, *[""] * len(sweep.axes), _state_text(s), s.job_id or "-",
-                     s.progress, _cut(_strip_stamp(s.last_log)) or "-", _cut(s.error)])
+        if only is None or s.state == only:
+            out.append(_record("prereq", p.key, dict.fromkeys(sweep.axes), s))
     for cell in sweep.cells:
         s = _cell_state(sweep, cell, states)
-        rows.append(["run", f"{cell.run_id}/{cell.eval_id}", *_axes_cells(sweep, cell), _state_text(s),
-                     s.job_id or "-", s.progress, _cut(_strip_stamp(s.last_log)) or "-", _cut(s.error)])
+        if only is None or s.state == only:
+            out.append(_record("run", f"{cell.run_id}/{cell.eval_id}", point_values(cell, sweep.axes), s))
+    return out
+
+
+def _record(task: str, ident: str, point: dict[str, Any], s: TaskState) -> dict[str, Any]:
+    return {"task": task, "id": ident, "point": point, "state": s.state, "detail": s.detail,
+            "job": s.job_id, "progress": s.progress, "last_log": _strip_stamp(s.last_log), "error": s.error}
+
+
+def status_table(sweep: Sweep, states: dict[str, TaskState], only: str | None = None) -> str:
+    """Prerequisites, then one row per (run, evaluation) cell: ids, varying fields, state, job,
+    progress of running tasks, last log line, error (``only``: the rows in that state)."""
+    headers = ["task", "id", *sweep.axes, "state", "job", "progress", "last log line", "error"]
+    rows = []
+    for r in status_records(sweep, states, only):
+        shown = r["state"] if not r["detail"] or r["state"] == DONE else f"{r['state']} ({_cut(r['detail'], 30)})"
+        rows.append([r["task"], r["id"], *(("" if v is None else v) if r["task"] == "prereq" else v
+                                          for v in r["point"].values()),
+                     shown, r["job"] or "-", r["progress"], _cut(r["last_log"]) or "-", _cut(r["error"])])
     return _table(rows, headers)
 
 
@@ -89,4 +103,4 @@ def cell_state_map(sweep: Sweep, states: dict[str, TaskState]) -> dict[tuple[str
     return {(c.run_id, c.eval_id): _cell_state(sweep, c, states) for c in sweep.cells}
 
 
-__all__ = ["plan_table", "status_table", "state_counts", "cell_state_map"]
+__all__ = ["plan_table", "status_table", "status_records", "state_counts", "cell_state_map"]

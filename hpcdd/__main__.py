@@ -1,0 +1,7 @@
+"""``python -m hpcdd``: the ``hpcdd`` command (see :mod:`hpcdd.console`)."""
+
+import sys
+
+from hpcdd.console import main
+
+sys.exit(main())
