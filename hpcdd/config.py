@@ -27,6 +27,8 @@ from hpcdd.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16")
 EVAL_KINDS = ("fixed", "resample")
+ENSEMBLE_MODES = ("auto", "on", "off")
+"""Values of the exec key ``eval_ensemble``."""
 EVAL_PREFIX = "eval_"
 """EvalConfig fields appear as ``eval_<field>`` in flat keys: flags, grid files, CSV columns."""
 
@@ -166,6 +168,11 @@ class ExecConfig:
     threads: int | None = None
     """torch CPU threads (null: torch's default). Sweeps set it from cpus_per_task, or share the
     cores between parallel local runs. Bitwise results depend on it (reduction order)."""
+    eval_ensemble: str = "auto"
+    """Train an evaluation's models of one architecture as one batched ensemble: on, off, or auto
+    (on a GPU; one by one on CPU, where it measured slower). Same accuracies up to float rounding."""
+    eval_ensemble_max: int = 0
+    """Most models per ensemble (0: all of an architecture's); lower it when GPU memory is short."""
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -175,6 +182,10 @@ class ExecConfig:
             raise ConfigError(f"checkpoint_minutes must be in (0, 10080], got {self.checkpoint_minutes}")
         if self.eval_every < 0 or self.eval_points < 0:
             raise ConfigError(f"eval_every and eval_points must be >= 0, got {self.eval_every}, {self.eval_points}")
+        if self.eval_ensemble not in ENSEMBLE_MODES:
+            raise ConfigError(f"eval_ensemble must be one of {', '.join(ENSEMBLE_MODES)}, got {self.eval_ensemble!r}")
+        if self.eval_ensemble_max < 0:
+            raise ConfigError(f"eval_ensemble_max must be >= 0, got {self.eval_ensemble_max}")
         if self.threads is not None and not 1 <= self.threads <= 4096:
             raise ConfigError(f"threads must be between 1 and 4096, got {self.threads}")
         for name in ("data_root", "artefact_root"):
@@ -388,5 +399,5 @@ def eval_flat_names() -> tuple[str, ...]:
 __all__ = [
     "RunConfig", "EvalConfig", "ExecConfig", "from_dict", "to_dict", "non_default",
     "identity_hash", "check_config", "type_hints", "field_names", "eval_flat", "eval_flat_names", "plain",
-    "EVAL_PREFIX",
+    "EVAL_PREFIX", "ENSEMBLE_MODES",
 ]
