@@ -7,16 +7,17 @@ Activations are laid out ``(B, N*C, H, W)`` with model m's channels in block m (
 ``(B, N*D)``, model-major), so channel-wise layers (ReLU, pooling, flatten) run unchanged and model
 m's block computes what model m alone computes. BatchNorm needs no care: its batch statistics and
 running statistics are per channel, so each model keeps its own. SGD is elementwise, so one SGD over
-the concatenated parameters is N SGDs. :func:`train_grouped` trains such a module with each model's
-own data order, augmentation draws and images (:func:`augment_many`), exactly as
-``hpcdd.evaluate.train_from_scratch`` trains one model; :func:`split_states` gives each model's
-``state_dict`` back.
+the concatenated parameters is N SGDs. ``hpcdd.evaluate.train_grouped`` trains such a module with
+each model's own data order, augmentation draws (:func:`augment_many`) and images, as
+``train_from_scratch`` trains one model; :func:`split_states` gives each model's ``state_dict``
+back.
 
-Exactness (CPU, torch 2.14.1, deterministic; ``tests/test_evaluate_ensemble.py``): grouped
-convolutions, norms, pools and the custom linear backward give bit-identical training for convnet3,
-convnet3_bn, mlp and vgg11 here; alexnet, lenet, resnet10/18 differ at float rounding (oneDNN picks
-another kernel for some grouped convs: one input channel per group, LeNet's 6/16 channels, 1x1
-stride-2 shortcuts), which stays within the 0.1-point tolerance. On a GPU nothing is bitwise.
+Exactness (``tests/test_evaluate_ensemble.py``): on CPU at one thread in deterministic mode
+(torch 2.14.1) a model trained in a group is bit-identical to it trained alone for convnet3,
+convnet3_bn, convnet4(_bn), mlp and vgg11; alexnet, lenet and resnet10/18 differ by float rounding
+(oneDNN picks other kernels for some grouped convs: one input channel per group, LeNet's 6/16
+channels, 1x1 stride-2 shortcuts), and so does every net at more threads (reductions split
+differently). On a GPU nothing is bitwise.
 
 A module outside the known layer types raises :class:`NotEnsemblable` (the caller trains those
 nets one by one); a forward that breaks the channel layout is caught by a probe forward.
@@ -25,17 +26,14 @@ nets one by one); a forward that breaks the channel layout is caught by a probe 
 from __future__ import annotations
 
 import copy
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from hpcdd.augment import DSA, AugDraw
-from hpcdd.runtime.preempt import Interrupted
 from hpcdd.seeding import generator
-from hpcdd.sources import SyntheticSet
 
 _CHANNELWISE = (nn.ReLU, nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Identity)
 """Stateless layers that act on each channel (or each feature) alone: kept as they are."""
@@ -192,51 +190,4 @@ def ensemble_loss(logits: torch.Tensor, labels: Sequence[torch.Tensor]) -> torch
     return per.view(n, b).mean(1).sum()
 
 
-def train_grouped(
-    grouped: nn.Module,
-    images_for_epoch: Sequence[Callable[[int], SyntheticSet]],
-    gens: Sequence[torch.Generator],
-    *,
-    epochs: int,
-    lr: float,
-    batch: int,
-    dsa: DSA | None,
-    device: torch.device,
-    progress: bool = False,
-    desc: str = "",
-    should_stop: Callable[[], bool] | None = None,
-) -> nn.Module:
-    """``train_from_scratch`` for the N models of ``grouped`` at once: model m trains on
-    ``images_for_epoch[m](e)`` with order and augmentation drawn from ``gens[m]``.
-
-    Raises ``Interrupted`` between epochs when ``should_stop()`` is true (the whole group stops).
-    """
-    n = len(gens)
-    opt = torch.optim.SGD(grouped.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[max(1, epochs // 2)], gamma=0.1)
-    grouped.train()
-    for epoch in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
-        if should_stop is not None and should_stop():
-            raise Interrupted(None)
-        sets = [fn(epoch) for fn in images_for_epoch]
-        images = [s.images.to(device) for s in sets]
-        labels = [s.labels.to(device) for s in sets]
-        size = len(images[0])
-        if any(len(x) != size for x in images):
-            raise ValueError(f"ensemble members need equally many images, got {[len(x) for x in images]}")
-        orders = [torch.randperm(size, generator=g).to(device) for g in gens]
-        for start in range(0, size, batch):
-            idx = [order[start:start + batch] for order in orders]
-            xs = [x[i] for x, i in zip(images, idx)]
-            if dsa is not None:
-                xs = augment_many(dsa, xs, gens)
-            loss = ensemble_loss(grouped(torch.cat(xs, dim=1)), [y[i] for y, i in zip(labels, idx)])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sched.step()
-    return grouped
-
-
-__all__ = ["GroupedLinear", "NotEnsemblable", "augment_many", "ensemble_loss", "group_nets",
-           "split_states", "train_grouped"]
+__all__ = ["GroupedLinear", "NotEnsemblable", "augment_many", "ensemble_loss", "group_nets", "split_states"]

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from hpcdd.augment import DSA, default_strategy
 from hpcdd.config import ENSEMBLE_MODES, EvalConfig
 from hpcdd.data import DatasetInfo, ImageSet
-from hpcdd.ensemble import NotEnsemblable, group_nets, split_states, train_grouped
+from hpcdd.ensemble import NotEnsemblable, augment_many, ensemble_loss, group_nets, split_states
 from hpcdd.errors import CheckpointError
 from hpcdd.runtime.preempt import Interrupted
 from hpcdd.seeding import fresh_net, generator
@@ -54,8 +54,7 @@ def train_from_scratch(
 
     Raises ``Interrupted`` between epochs when ``should_stop()`` is true (preemption).
     """
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[max(1, epochs // 2)], gamma=0.1)
+    opt, sched = _protocol_sgd(net, lr, epochs)
     net.train()
     for epoch in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
         if should_stop is not None and should_stop():
@@ -74,6 +73,57 @@ def train_from_scratch(
             opt.step()
         sched.step()
     return net
+
+
+def train_grouped(
+    grouped: torch.nn.Module,
+    images_for_epoch: Sequence[Callable[[int], SyntheticSet]],
+    gens: Sequence[torch.Generator],
+    *,
+    epochs: int,
+    lr: float,
+    batch: int,
+    dsa: DSA | None,
+    device: torch.device,
+    progress: bool = False,
+    desc: str = "",
+    should_stop: Callable[[], bool] | None = None,
+) -> torch.nn.Module:
+    """``train_from_scratch`` for the N models of ``grouped`` (:func:`hpcdd.ensemble.group_nets`) at
+    once: model m trains on ``images_for_epoch[m](e)`` with order and augmentation drawn from
+    ``gens[m]``, in the same sequence of draws as alone.
+
+    Raises ``Interrupted`` between epochs when ``should_stop()`` is true (the whole group stops).
+    """
+    opt, sched = _protocol_sgd(grouped, lr, epochs)
+    grouped.train()
+    for epoch in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
+        if should_stop is not None and should_stop():
+            raise Interrupted(None)
+        sets = [fn(epoch) for fn in images_for_epoch]
+        images = [s.images.to(device) for s in sets]
+        labels = [s.labels.to(device) for s in sets]
+        size = len(images[0])
+        if any(len(x) != size for x in images):
+            raise ValueError(f"ensemble members need equally many images, got {[len(x) for x in images]}")
+        orders = [torch.randperm(size, generator=g).to(device) for g in gens]
+        for start in range(0, size, batch):
+            idx = [order[start:start + batch] for order in orders]
+            xs = [x[i] for x, i in zip(images, idx)]
+            if dsa is not None:
+                xs = augment_many(dsa, xs, gens)
+            loss = ensemble_loss(grouped(torch.cat(xs, dim=1)), [y[i] for y, i in zip(labels, idx)])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+    return grouped
+
+
+def _protocol_sgd(net: torch.nn.Module, lr: float, epochs: int) -> tuple[torch.optim.SGD, Any]:
+    """The protocol's optimiser: SGD momentum 0.9, weight decay 5e-4, lr x0.1 at epoch E/2."""
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[max(1, epochs // 2)], gamma=0.1)
 
 
 @torch.no_grad()

@@ -66,3 +66,19 @@ def test_migrate_results_gives_todays_ids(tmp_path):
     assert list(rows["run_id_v1"]) == ["29e7447386e7", "4b59bfa40675"] and list(rows["acc_mean"]) == [0.75, 0.80]
     assert "momentum_img" not in rows.columns or rows["momentum_img"].isna().iloc[0]  # a coreset has none
     assert list(rows["eval_models"]) == ["convnet3"] * 2 and list(rows["eval_n"]) == [3, 3]
+
+
+def test_bench_ensemble_runs(tmp_path):
+    """Timing and equivalence modes on digits, one tiny setting each."""
+    common = [sys.executable, str(REPO / "bench" / "bench_ensemble.py"), "--dataset", "digits", "--archs", "mlp",
+              "--n", "2"]
+    out, equiv = tmp_path / "ens.csv", tmp_path / "equiv.csv"
+    proc = subprocess.run([*common, "--threads", "1", "--epochs", "1", "--warmup", "0", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = pd.read_csv(out)
+    assert set(rows["variant"]) == {"one-by-one", "ensemble", "vmap"} and (rows["cpu_s_per_model_epoch"] > 0).all()
+    proc = subprocess.run([*common, "--equivalence", "1", "--equivalence-out", str(equiv)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert pd.read_csv(equiv)["max_diff_points"].between(0, 1).all()  # 1 epoch: rounding at most

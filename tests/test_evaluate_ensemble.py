@@ -14,9 +14,9 @@ from hpcdd.augment import DSA, FULL_STRATEGY, default_strategy
 from hpcdd.catalog import eval_id
 from hpcdd.config import EvalConfig, ExecConfig, from_dict
 from hpcdd.data import ImageSet, load_dataset
-from hpcdd.ensemble import NotEnsemblable, augment_many, group_nets, split_states, train_grouped
+from hpcdd.ensemble import NotEnsemblable, augment_many, group_nets, split_states
 from hpcdd.errors import ConfigError
-from hpcdd.evaluate import _groups, ensemble_size, evaluate_source, train_from_scratch
+from hpcdd.evaluate import _groups, ensemble_size, evaluate_source, train_from_scratch, train_grouped
 from hpcdd.nets import NETS
 from hpcdd.nets.base import StagedNet
 from hpcdd.run import evaluate_run, run_one
