@@ -24,6 +24,7 @@ Writes (appends to) results/bench_ensemble.csv with provenance (commit, host, da
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import resource
@@ -61,12 +62,12 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def train_vmap(nets, syn: SyntheticSet, gens, *, epochs: int, dsa: DSA, device: torch.device) -> None:
-    """The protocol's training of ``nets`` through torch.func (timing only; no split back)."""
+def vmap_trainer(nets, syn: SyntheticSet, gens, *, dsa: DSA, device: torch.device):
+    """``train(epochs)``: the protocol's training of ``nets`` through torch.func (timing only)."""
     from torch.func import functional_call, grad, stack_module_state, vmap
 
     params, buffers = stack_module_state(nets)
-    base = nets[0].to("meta")
+    base = copy.deepcopy(nets[0]).to("meta")
     params = {k: v.detach().requires_grad_() for k, v in params.items()}
     opt = torch.optim.SGD(params.values(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
@@ -75,15 +76,19 @@ def train_vmap(nets, syn: SyntheticSet, gens, *, epochs: int, dsa: DSA, device: 
 
     step = vmap(grad(loss_fn), in_dims=(0, 0, 0, 0))
     images, labels = syn.images.to(device), syn.labels.to(device)
-    for _ in range(epochs):
-        orders = [torch.randperm(len(images), generator=g).to(device) for g in gens]
-        for start in range(0, len(images), 256):
-            idx = [o[start:start + 256] for o in orders]
-            xs = augment_many(dsa, [images[i] for i in idx], gens)
-            grads = step(params, buffers, torch.stack(xs), torch.stack([labels[i] for i in idx]))
-            for k, p in params.items():
-                p.grad = grads[k]
-            opt.step()
+
+    def train(epochs: int) -> None:
+        for _ in range(epochs):
+            orders = [torch.randperm(len(images), generator=g).to(device) for g in gens]
+            for start in range(0, len(images), 256):
+                idx = [o[start:start + 256] for o in orders]
+                xs = augment_many(dsa, [images[i] for i in idx], gens)
+                grads = step(params, buffers, torch.stack(xs), torch.stack([labels[i] for i in idx]))
+                for k, p in params.items():
+                    p.grad = grads[k]
+                opt.step()
+
+    return train
 
 
 def time_variant(variant: str, arch: str, n: int, syn: SyntheticSet, info, args, device) -> dict:
@@ -99,9 +104,10 @@ def time_variant(variant: str, arch: str, n: int, syn: SyntheticSet, info, args,
         elif variant == "ensemble":
             train_grouped(grouped, [lambda e: syn] * n, gens, epochs=epochs, **kw)
         else:
-            train_vmap(nets, syn, gens, epochs=epochs, dsa=dsa, device=device)
+            vmapped(epochs)
 
     grouped = group_nets(nets, (info.channels, info.im_size, info.im_size)) if variant == "ensemble" else None
+    vmapped = vmap_trainer(nets, syn, gens, dsa=dsa, device=device) if variant == "vmap" else None
     if args.warmup:
         run(args.warmup)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
