@@ -8,9 +8,11 @@ Variants (the same init, data order, augmentation draws and images per model):
   vmap         torch.func.stack_module_state + functional_call + vmap(grad) over the N models,
                one SGD over the stacked parameters (the alternative, timed here only)
 
-Each (arch, threads, variant) trains N models for --warmup then --epochs epochs; the timed part
-gives wall and CPU (user + system) seconds per model-epoch. The machine is shared: the load
-average before and after each timing is recorded, and the CPU columns are the steadier ones.
+Each (arch, threads, variant) runs in its own process (its own peak memory: max RSS on CPU, the
+CUDA allocator's peak on a GPU; a process killed for memory leaves a row with its error) and
+trains N models for --warmup then --epochs epochs; the timed part gives wall and CPU (user +
+system) seconds per model-epoch. The machine is shared: the load average before and after each
+timing is recorded, and the CPU columns are the steadier ones. Rows are appended as they come.
 
 --equivalence E instead trains the N models one by one and as an ensemble for E epochs each and
 tests them on the real test set: per-model accuracies and the largest difference, in points
@@ -25,10 +27,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import platform
 import resource
 import shlex
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -42,7 +46,7 @@ from hpcdd.config import EvalConfig
 from hpcdd.data import load_dataset
 from hpcdd.ensemble import augment_many, group_nets
 from hpcdd.evaluate import train_from_scratch, train_grouped, train_models
-from hpcdd.runtime.accel import make_accelerator
+from hpcdd.runtime.accel import make_accelerator, peak_memory_mb
 from hpcdd.runtime.malloc import tune_malloc
 from hpcdd.runtime.provenance import git_commit
 from hpcdd.seeding import fresh_net, generator
@@ -154,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--equivalence", type=int, default=0, metavar="E",
                     help="instead: accuracies after E epochs, one by one vs ensemble")
     ap.add_argument("--equivalence-out", default="results/ensemble_equivalence.csv")
+    ap.add_argument("--worker", default="", help=argparse.SUPPRESS)  # ARCH,VARIANT,THREADS: one timing
     args = ap.parse_args(argv)
     tune_malloc()
     make_accelerator(deterministic=True)
@@ -169,19 +174,33 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(int(args.threads.split(",")[0]))
         equivalence(data, syn, args, device, meta)
         return 0
-    rows = []
+    if args.worker:
+        arch, variant, threads = args.worker.split(",")
+        torch.set_num_threads(int(threads))
+        res = time_variant(variant, arch, args.n, syn, data.info, args, device)
+        print(json.dumps({**res, "peak_mem_mb": round(peak_memory_mb(device), 1)}))
+        return 0
     for threads in map(int, args.threads.split(",")):
-        torch.set_num_threads(threads)
         for arch in args.archs.split(","):
             for variant in args.variants.split(","):
-                res = time_variant(variant, arch, args.n, syn, data.info, args, device)
-                rows.append({"arch": arch, "variant": variant, "n": args.n, "threads": threads,
-                             "epochs": args.epochs, **res, **meta})
-                print(f"{arch:12s} {variant:10s} threads={threads} wall {res['wall_s_per_model_epoch']:.3f} "
-                      f"cpu {res['cpu_s_per_model_epoch']:.3f} s/model-epoch (load {res['load1_before']}"
-                      f"->{res['load1_after']})", flush=True)
-    append_rows(args.out, rows)
+                res = run_worker(f"{arch},{variant},{threads}", sys.argv[1:] if argv is None else argv)
+                append_rows(args.out, [{"arch": arch, "variant": variant, "n": args.n, "threads": threads,
+                                        "epochs": args.epochs, **res, **meta}])
+                print(f"{arch:12s} {variant:10s} threads={threads} " + (res["error"] or (
+                      f"wall {res['wall_s_per_model_epoch']:.3f} cpu {res['cpu_s_per_model_epoch']:.3f} "
+                      f"s/model-epoch, peak {res['peak_mem_mb']:.0f} MB (load {res['load1_before']}"
+                      f"->{res['load1_after']})")), flush=True)
     return 0
+
+
+def run_worker(spec: str, argv: list[str]) -> dict:
+    """One timing in its own process (its own peak memory; an out-of-memory kill costs one row)."""
+    proc = subprocess.run([sys.executable, __file__, *argv, "--worker", spec], capture_output=True, text=True)
+    keys = ("wall_s_per_model_epoch", "cpu_s_per_model_epoch", "load1_before", "load1_after", "peak_mem_mb")
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        return {**dict.fromkeys(keys), "error": lines[-1] if lines else f"exit code {proc.returncode}"}
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "error": ""}
 
 
 if __name__ == "__main__":
