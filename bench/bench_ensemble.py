@@ -126,7 +126,7 @@ def time_variant(variant: str, arch: str, n: int, syn: SyntheticSet, info, args,
 
 
 def equivalence(data, syn: SyntheticSet, args, device, meta: dict) -> None:
-    rows = []
+    """Per architecture: the N models one by one and as one ensemble, E epochs, real test set."""
     for arch in args.archs.split(","):
         ev = EvalConfig(models=(arch,), n=args.n, epochs=args.equivalence)
         models = [(arch, k) for k in range(args.n)]
@@ -135,12 +135,11 @@ def equivalence(data, syn: SyntheticSet, args, device, meta: dict) -> None:
                 for mode in ("off", "on")}
         off, on = [accs["off"][m] * 100 for m in models], [accs["on"][m] * 100 for m in models]
         diff = max(abs(a - b) for a, b in zip(off, on))
-        rows.append({"arch": arch, "n": args.n, "epochs": args.equivalence, "threads": torch.get_num_threads(),
-                     "accs_off": " ".join(f"{a:.2f}" for a in off), "accs_on": " ".join(f"{a:.2f}" for a in on),
-                     "max_diff_points": round(diff, 3), "identical": off == on, **meta})
-        print(f"{arch}: one by one {rows[-1]['accs_off']} | ensemble {rows[-1]['accs_on']} | max diff {diff:.3f}",
-              flush=True)
-    append_rows(args.equivalence_out, rows)
+        row = {"arch": arch, "n": args.n, "epochs": args.equivalence, "threads": torch.get_num_threads(),
+               "accs_off": " ".join(f"{a:.2f}" for a in off), "accs_on": " ".join(f"{a:.2f}" for a in on),
+               "max_diff_points": round(diff, 3), "identical": off == on, **meta}
+        append_rows(args.equivalence_out, [row])
+        print(f"{arch}: one by one {row['accs_off']} | ensemble {row['accs_on']} | max diff {diff:.3f}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

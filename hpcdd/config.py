@@ -170,7 +170,7 @@ class ExecConfig:
     cores between parallel local runs. Bitwise results depend on it (reduction order)."""
     eval_ensemble: str = "auto"
     """Train an evaluation's models of one architecture as one batched ensemble: on, off, or auto
-    (on a GPU; one by one on CPU, where it measured slower). Same accuracies up to float rounding."""
+    (on a GPU; one by one on CPU, which keeps CPU results bitwise). Same accuracies up to rounding."""
     eval_ensemble_max: int = 0
     """Most models per ensemble (0: all of an architecture's); lower it when GPU memory is short."""
 

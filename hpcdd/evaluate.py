@@ -225,7 +225,8 @@ def train_models(
     from ``seed`` and ``{purpose}-{arch}-{k}``), whichever other models it is trained with.
     ``ensemble``: ``on`` trains the models of one architecture as one batched ensemble (at most
     ``ensemble_max`` per group, 0: all), ``off`` one by one, ``auto`` as an ensemble on an
-    accelerator and one by one on CPU (measured slower there: ``bench/bench_ensemble.py``). An
+    accelerator and one by one on CPU (there a group matches one-by-one bitwise only at one thread,
+    where it measured slower: ``results/bench_ensemble.csv``). An
     architecture whose nets cannot be grouped is trained one by one (``log`` says so). Each model
     is handed to ``on_model`` as soon as it is tested; a group finishes all its models together,
     and a group stopped by ``should_stop`` (``Interrupted``) keeps none of them.
