@@ -51,7 +51,7 @@ class _GroupedLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, n: int) -> torch.Tensor:
         b, out = x.shape[0], weight.shape[0] // n
-        xs = x.view(b, n, -1).transpose(0, 1)  # (n, b, in)
+        xs = x.reshape(b, n, -1).transpose(0, 1)  # (n, b, in)
         w = weight.view(n, out, -1)  # (n, out, in)
         ctx.save_for_backward(xs, w)
         ctx.has_bias = bias is not None
