@@ -27,6 +27,8 @@ from hpcdd.errors import ConfigError, brief
 
 PRECISIONS = ("fp32", "bf16")
 EVAL_KINDS = ("fixed", "resample")
+ENSEMBLE_MODES = ("auto", "on", "off")
+"""Values of the exec key ``eval_ensemble``."""
 EVAL_PREFIX = "eval_"
 """EvalConfig fields appear as ``eval_<field>`` in flat keys: flags, grid files, CSV columns."""
 
@@ -174,6 +176,11 @@ class ExecConfig:
     memory_limit_gb: float | None = None
     """Refuse, before writing any file, a run whose memory estimate exceeds this many GB (methods
     that estimate their peak memory: mtt); null: no limit."""
+    eval_ensemble: str = "auto"
+    """Train an evaluation's models of one architecture as one batched ensemble: on, off, or auto
+    (on a GPU; one by one on CPU, which keeps CPU results bitwise). Same accuracies up to rounding."""
+    eval_ensemble_max: int = 0
+    """Most models per ensemble (0: all of an architecture's); lower it when GPU memory is short."""
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -187,6 +194,10 @@ class ExecConfig:
             raise ConfigError(f"eval_at must list iterations >= 0, got {list(self.eval_at)}")
         if self.eval_point_n < 1:
             raise ConfigError(f"eval_point_n must be >= 1, got {self.eval_point_n}")
+        if self.eval_ensemble not in ENSEMBLE_MODES:
+            raise ConfigError(f"eval_ensemble must be one of {', '.join(ENSEMBLE_MODES)}, got {self.eval_ensemble!r}")
+        if self.eval_ensemble_max < 0:
+            raise ConfigError(f"eval_ensemble_max must be >= 0, got {self.eval_ensemble_max}")
         if self.threads is not None and not 1 <= self.threads <= 4096:
             raise ConfigError(f"threads must be between 1 and 4096, got {self.threads}")
         if self.memory_limit_gb is not None and self.memory_limit_gb <= 0:
@@ -402,5 +413,5 @@ def eval_flat_names() -> tuple[str, ...]:
 __all__ = [
     "RunConfig", "EvalConfig", "ExecConfig", "from_dict", "to_dict", "non_default",
     "identity_hash", "check_config", "type_hints", "field_names", "eval_flat", "eval_flat_names", "plain",
-    "EVAL_PREFIX",
+    "EVAL_PREFIX", "ENSEMBLE_MODES",
 ]

@@ -9,11 +9,15 @@ Two kinds: ``fixed`` trains each model on one image set (a generator samples it 
 seeded); ``resample`` draws fresh generator images every epoch, as DiM's evaluation does (we report
 the last epoch, not DiM's best). Each finished model is handed to ``on_model`` at once, so a
 preempted evaluation resumes at the next model.
+
+The models of one architecture can train as one batched ensemble (:mod:`hpcdd.ensemble`; exec
+``eval_ensemble``): each keeps its own init, order, augmentation and images, so its accuracy is
+the one it gets alone. A preempted ensemble restarts its unfinished models at the next start.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -21,8 +25,9 @@ import torch.nn.functional as F
 
 from hpcdd.artefact import Source, SyntheticSet
 from hpcdd.augment import DSA, default_strategy
-from hpcdd.config import EvalConfig
+from hpcdd.config import ENSEMBLE_MODES, EvalConfig
 from hpcdd.data import DatasetInfo, ImageSet
+from hpcdd.ensemble import NotEnsemblable, augment_many, ensemble_loss, group_nets, split_states
 from hpcdd.errors import CheckpointError
 from hpcdd.runtime.preempt import Interrupted
 from hpcdd.runtime.progress import progress as progress_of
@@ -49,8 +54,7 @@ def train_from_scratch(
 
     Raises ``Interrupted`` between epochs when ``should_stop()`` is true (preemption).
     """
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[max(1, epochs // 2)], gamma=0.1)
+    opt, sched = _protocol_sgd(net, lr, epochs)
     net.train()
     for epoch in progress_of(0, epochs, desc=desc, enabled=progress, leave=False):
         if should_stop is not None and should_stop():
@@ -69,6 +73,57 @@ def train_from_scratch(
             opt.step()
         sched.step()
     return net
+
+
+def train_grouped(
+    grouped: torch.nn.Module,
+    images_for_epoch: Sequence[Callable[[int], SyntheticSet]],
+    gens: Sequence[torch.Generator],
+    *,
+    epochs: int,
+    lr: float,
+    batch: int,
+    dsa: DSA | None,
+    device: torch.device,
+    progress: bool = False,
+    desc: str = "",
+    should_stop: Callable[[], bool] | None = None,
+) -> torch.nn.Module:
+    """``train_from_scratch`` for the N models of ``grouped`` (:func:`hpcdd.ensemble.group_nets`) at
+    once: model m trains on ``images_for_epoch[m](e)`` with order and augmentation drawn from
+    ``gens[m]``, in the same sequence of draws as alone.
+
+    Raises ``Interrupted`` between epochs when ``should_stop()`` is true (the whole group stops).
+    """
+    opt, sched = _protocol_sgd(grouped, lr, epochs)
+    grouped.train()
+    for epoch in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
+        if should_stop is not None and should_stop():
+            raise Interrupted(None)
+        sets = [fn(epoch) for fn in images_for_epoch]
+        images = [s.images.to(device) for s in sets]
+        labels = [s.labels.to(device) for s in sets]
+        size = len(images[0])
+        if any(len(x) != size for x in images):
+            raise ValueError(f"ensemble members need equally many images, got {[len(x) for x in images]}")
+        orders = [torch.randperm(size, generator=g).to(device) for g in gens]
+        for start in range(0, size, batch):
+            idx = [order[start:start + batch] for order in orders]
+            xs = [x[i] for x, i in zip(images, idx)]
+            if dsa is not None:
+                xs = augment_many(dsa, xs, gens)
+            loss = ensemble_loss(grouped(torch.cat(xs, dim=1)), [y[i] for y, i in zip(labels, idx)])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+    return grouped
+
+
+def _protocol_sgd(net: torch.nn.Module, lr: float, epochs: int) -> tuple[torch.optim.SGD, Any]:
+    """The protocol's optimiser: SGD momentum 0.9, weight decay 5e-4, lr x0.1 at epoch E/2."""
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[max(1, epochs // 2)], gamma=0.1)
 
 
 @torch.no_grad()
@@ -127,34 +182,120 @@ def evaluate_source(
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
     where: str = "source",
+    ensemble: str = "auto",
+    ensemble_max: int = 0,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """``{arch: {"accs": [...], "acc_mean": m, "acc_std": s}}`` (std over models, ddof=0).
 
     ``finished`` holds accuracies of models already trained (skipped); ``on_model(arch, k, acc)``
     is called as each new one finishes. Augmentation is the dataset's default DSA strategy (the
     protocol's), whatever the distillation used, so rows of one protocol are comparable.
+    ``ensemble``/``ensemble_max``: see :func:`train_models` (they never change a result beyond
+    float rounding).
     """
     finished = dict(finished or {})
-    dsa = DSA(default_strategy(dataset)) if ev.dsa else None
+    todo = [(arch, k) for arch in ev.models for k in range(ev.n) if (arch, k) not in finished]
+    finished.update(train_models(
+        source, test, info, ev, todo, seed=seed, dataset=dataset, ipc=ipc, device=device,
+        on_model=on_model, purpose=purpose, progress=progress, should_stop=should_stop, where=where,
+        ensemble=ensemble, ensemble_max=ensemble_max, log=log))
     out: dict[str, dict[str, Any]] = {}
     for arch in ev.models:
-        accs = []
-        for k in range(ev.n):
-            if (arch, k) not in finished:
-                tag = f"{purpose}-{arch}-{k}"
-                images_for_epoch = _images(source, ev, ipc, seed, tag, info, where)
-                net = fresh_net(arch, info, seed, f"{tag}-init", device)
-                train_from_scratch(
-                    net, images_for_epoch, epochs=ev.epochs, lr=ev.lr, batch=ev.batch, dsa=dsa,
-                    gen=generator(seed, f"{tag}-train"), device=device, progress=progress,
-                    desc=f"eval {arch} {k + 1}/{ev.n}", should_stop=should_stop,
-                )
-                finished[(arch, k)] = test_accuracy(net, test, device)
-                if on_model is not None:
-                    on_model(arch, k, finished[(arch, k)])
-            accs.append(finished[(arch, k)])
+        accs = [finished[(arch, k)] for k in range(ev.n)]
         out[arch] = {"accs": accs, "acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs))}
     return out
+
+
+def train_models(
+    source: Source,
+    test: ImageSet,
+    info: DatasetInfo,
+    ev: EvalConfig,
+    models: Sequence[tuple[str, int]],
+    *,
+    seed: int,
+    dataset: str,
+    ipc: int | None,
+    device: torch.device,
+    on_model: Callable[[str, int, float], None] | None = None,
+    purpose: str = "eval",
+    progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    where: str = "source",
+    ensemble: str = "auto",
+    ensemble_max: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict[tuple[str, int], float]:
+    """Train and test the evaluation's ``models`` ((arch, k) pairs) on one device; their accuracies.
+
+    Model ``(arch, k)`` always gets the same init, data order, augmentation and images (all drawn
+    from ``seed`` and ``{purpose}-{arch}-{k}``), whichever other models it is trained with.
+    ``ensemble``: ``on`` trains the models of one architecture as one batched ensemble (at most
+    ``ensemble_max`` per group, 0: all), ``off`` one by one, ``auto`` as an ensemble on an
+    accelerator and one by one on CPU (there a group matches one-by-one bitwise only at one thread,
+    where it measured slower: ``results/bench_ensemble.csv``). An
+    architecture whose nets cannot be grouped is trained one by one (``log`` says so). Each model
+    is handed to ``on_model`` as soon as it is tested; a group finishes all its models together,
+    and a group stopped by ``should_stop`` (``Interrupted``) keeps none of them.
+    """
+    dsa = DSA(default_strategy(dataset)) if ev.dsa else None
+    accs: dict[tuple[str, int], float] = {}
+    for group in _groups(models, ensemble_size(ensemble, ensemble_max, device)):
+        arch = group[0][0]
+        tags = [f"{purpose}-{arch}-{k}" for _, k in group]
+        fns = [_images(source, ev, ipc, seed, tag, info, where) for tag in tags]
+        nets = [fresh_net(arch, info, seed, f"{tag}-init", device) for tag in tags]
+        gens = [generator(seed, f"{tag}-train") for tag in tags]
+        kw = dict(epochs=ev.epochs, lr=ev.lr, batch=ev.batch, dsa=dsa, device=device, progress=progress,
+                  should_stop=should_stop)
+        grouped = _grouped(arch, nets, info, log) if len(group) > 1 else None
+        if grouped is not None:
+            ks = f"{group[0][1] + 1}-{group[-1][1] + 1}"
+            if log is not None:
+                log(f"{arch} models {ks}/{ev.n}: training as one ensemble")
+            train_grouped(grouped, fns, gens, desc=f"eval {arch} {ks}/{ev.n} (ensemble)", **kw)
+            for net, state in zip(nets, split_states(grouped, len(nets))):
+                net.load_state_dict(state)
+        else:
+            for (_, k), net, fn, gen in zip(group, nets, fns, gens):
+                train_from_scratch(net, fn, gen=gen, desc=f"eval {arch} {k + 1}/{ev.n}", **kw)
+        for (_, k), net in zip(group, nets):
+            accs[(arch, k)] = test_accuracy(net, test, device)
+            if on_model is not None:
+                on_model(arch, k, accs[(arch, k)])
+    return accs
+
+
+def ensemble_size(mode: str, most: int, device: torch.device) -> int:
+    """Models per ensemble for the exec setting ``mode`` (auto|on|off) and ``most`` (0: no limit)."""
+    if mode not in ENSEMBLE_MODES:
+        raise ValueError(f"ensemble must be one of {', '.join(ENSEMBLE_MODES)}, got {mode!r}")
+    if mode == "off" or (mode == "auto" and device.type == "cpu"):
+        return 1
+    return most if most > 0 else 1 << 30
+
+
+def _groups(models: Sequence[tuple[str, int]], size: int) -> list[list[tuple[str, int]]]:
+    """``models`` in order, cut into runs of one architecture of at most ``size``."""
+    groups: list[list[tuple[str, int]]] = []
+    for pair in models:
+        if groups and groups[-1][0][0] == pair[0] and len(groups[-1]) < size:
+            groups[-1].append(pair)
+        else:
+            groups.append([pair])
+    return groups
+
+
+def _grouped(arch: str, nets: list[torch.nn.Module], info: DatasetInfo,
+             log: Callable[[str], None] | None) -> torch.nn.Module | None:
+    """The nets as one grouped module, or None (logged) when their architecture cannot be grouped."""
+    try:
+        return group_nets(nets, (info.channels, info.im_size, info.im_size))
+    except NotEnsemblable as e:
+        if log is not None:
+            log(f"{arch}: {len(nets)} models trained one by one, not as an ensemble: {e}")
+        return None
 
 
 def _images(source: Source, ev: EvalConfig, ipc: int | None, seed: int, tag: str,

@@ -291,7 +291,8 @@ def _quick_eval_hook(cfg: RunConfig, run_dir: Path, distiller: Any, ctx: _Contex
         source = ImageSource(distiller.synthetic(cfg.ipc or 10))
         res = evaluate_source(source, ctx.data.test, ctx.data.info, ev, seed=cfg.seed, dataset=cfg.dataset,
                               ipc=None, device=ctx.accelerator.device, purpose=f"quick-{done}",
-                              progress=False)[model]
+                              progress=False, ensemble=ctx.exec_cfg.eval_ensemble,
+                              ensemble_max=ctx.exec_cfg.eval_ensemble_max)[model]
         append_line(run_dir / rundir.METRICS, json.dumps(
             {"it": done, "eval_acc": res["acc_mean"], "eval_accs": res["accs"], "eval_model": model,
              "eval_epochs": 100, "eval_seconds": round(time.perf_counter() - t0, 3)}))
@@ -340,7 +341,8 @@ def _evaluate(cfg: RunConfig, ev: EvalConfig, run_dir: Path, source: Source, met
     per_arch = evaluate_source(
         source, ctx.data.test, ctx.data.info, ev, seed=cfg.seed, dataset=cfg.dataset, ipc=ipc,
         device=ctx.accelerator.device, finished=finished, on_model=saved, progress=ctx.exec_cfg.progress,
-        should_stop=should_stop, where=where)
+        should_stop=should_stop, where=where, ensemble=ctx.exec_cfg.eval_ensemble,
+        ensemble_max=ctx.exec_cfg.eval_ensemble_max, log=lambda msg: rundir.log(run_dir, f"evaluation {eid}: {msg}"))
     row = {
         "run_id": run_id(cfg), "eval_id": eid, "protocol": ev.protocol, **flat_run(cfg), "ipc": ipc,
         **eval_flat(ev), **flat_metrics(per_arch),

@@ -390,3 +390,19 @@ def test_generative_benches_run(tmp_path):
     rows = pd.read_csv(tmp_path / "probe.csv")
     assert set(zip(rows["net"], rows["set"], rows["variant"])) == {
         (n, s, v) for n in ("alexnet", "convnet3") for s, v in (("real", "as-is"), ("generated", "matched"))}
+
+
+def test_bench_ensemble_runs(tmp_path):
+    """Timing and equivalence modes on digits, one tiny setting each."""
+    common = [sys.executable, str(REPO / "bench" / "bench_ensemble.py"), "--dataset", "digits", "--archs", "mlp",
+              "--n", "2"]
+    out, equiv = tmp_path / "ens.csv", tmp_path / "equiv.csv"
+    proc = subprocess.run([*common, "--threads", "1", "--epochs", "1", "--warmup", "0", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = pd.read_csv(out)
+    assert set(rows["variant"]) == {"one-by-one", "ensemble", "vmap"} and (rows["cpu_s_per_model_epoch"] > 0).all()
+    proc = subprocess.run([*common, "--equivalence", "1", "--equivalence-out", str(equiv)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert pd.read_csv(equiv)["max_diff_points"].between(0, 1).all()  # 1 epoch: rounding at most
