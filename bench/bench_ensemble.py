@@ -50,7 +50,7 @@ from hpcdd.runtime.accel import make_accelerator, peak_memory_mb
 from hpcdd.runtime.malloc import tune_malloc
 from hpcdd.runtime.provenance import git_commit
 from hpcdd.seeding import fresh_net, generator
-from hpcdd.sources import ImageSource, SyntheticSet
+from hpcdd.artefact import ImageSource, SyntheticSet
 
 IPC = 10
 

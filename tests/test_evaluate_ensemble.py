@@ -22,7 +22,7 @@ from hpcdd.nets.base import StagedNet
 from hpcdd.run import evaluate_run, run_one
 from hpcdd.runtime.preempt import Interrupted
 from hpcdd.seeding import fresh_net, generator
-from hpcdd.sources import ImageSource, Source, SyntheticSet
+from hpcdd.artefact import ImageSource, Source, SyntheticSet
 
 from helpers import QUIET, tiny
 
