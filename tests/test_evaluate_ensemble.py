@@ -30,6 +30,10 @@ CPU = torch.device("cpu")
 BITWISE = {"convnet3", "convnet3_bn", "convnet4", "convnet4_bn", "mlp", "vgg11"}
 """Nets whose grouped training is bit-identical to one-by-one here (CPU, one thread, deterministic);
 the others (alexnet, lenet, resnet10/18) hit grouped-conv kernels that round differently."""
+FLOAT64 = {"resnet10_imagenet", "resnet18_imagenet"}
+"""Compared in float64: the ImageNet stem leaves a 1x1 map at layer4 of a 28 px input, so BatchNorm
+over the last short batch (2 values) turns fp32 rounding into different training (resnet18_imagenet's
+stem ends 150 % apart in fp32, one by one against grouped); in float64 they agree to 1e-9."""
 
 
 @pytest.fixture(scope="module")
@@ -100,18 +104,27 @@ def _train_both(arch, info, n=2, epochs=2):
 
 @pytest.mark.parametrize("arch", NETS.names())
 def test_every_net_trains_as_a_group_like_one_by_one(arch, digits):
-    alone, grouped = _train_both(arch, digits.info)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64 if arch in FLOAT64 else old)
+    try:
+        alone, grouped = _train_both(arch, digits.info)
+    finally:
+        torch.set_default_dtype(old)
     for a, g in zip(alone, grouped):
         assert a.keys() == g.keys()
         for key in a:
-            if arch in BITWISE:
+            if arch in FLOAT64 and a[key].is_floating_point():
+                assert a[key].dtype == torch.float64
+                assert (g[key] - a[key]).abs().max() <= 1e-9 * (1 + a[key].abs().max()), key
+            elif arch in BITWISE:
                 assert torch.equal(a[key], g[key]), key
             else:  # rounding, amplified where it flips a ReLU (BN over 2-4 images: resnet18 ~2e-3)
                 assert (g[key].float() - a[key].float()).norm() <= 1e-2 * a[key].float().norm() + 1e-6, key
-    if arch in BITWISE:
+    if arch in BITWISE | FLOAT64:
         return
     assert any(not torch.equal(a[k], g[k]) for a, g in zip(alone, grouped) for k in a), \
         f"{arch} is bitwise now: move it to BITWISE"
+
 
 
 def test_five_models_as_one_ensemble_give_the_accuracies_of_five_one_by_one(digits):
