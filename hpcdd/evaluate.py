@@ -97,7 +97,7 @@ def train_grouped(
     """
     opt, sched = _protocol_sgd(grouped, lr, epochs)
     grouped.train()
-    for epoch in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
+    for epoch in progress_of(0, epochs, desc=desc, enabled=progress, leave=False):
         if should_stop is not None and should_stop():
             raise Interrupted(None)
         sets = [fn(epoch) for fn in images_for_epoch]

@@ -1,0 +1,122 @@
+"""Several processes (issue 21): real processes on gloo give what one process gives; rank 0 alone
+writes; a stop seen by one rank stops all at the same step; misconfigurations are one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hpcdd.errors import ConfigError
+from hpcdd.runtime.dist import SINGLE, Dist, export_environment, launch_kind
+
+from dist_worker import launch, launch_many
+from helpers import synset
+
+EXE = {"progress": False, "checkpoint_every": 2, "threads": 1, "dist_timeout_s": 30}
+EVAL = {"epochs": 2, "n": 3}
+DM = {"method": "dm", "iterations": 4}
+DC = {"method": "dc", "iterations": 2, "outer_loop": 2, "inner_loop": 2}
+
+
+def _job(method: str, root, **extra):
+    return {"config": {"dm": DM, "dc": DC}[method], "dir": str(root / method), "exec": EXE, "evals": [EVAL], **extra}
+
+
+@pytest.fixture(scope="module")
+def equivalence(tmp_path_factory):
+    """DM (with DSA) and DC distilled and evaluated by one process and, at the same time, by two
+    (DM first stopped by a signal seen on rank 1 only, then resumed)."""
+    one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
+    solo, pair = launch_many([(1, [_job("dm", one), _job("dc", one)], one),
+                              (2, [_job("dm", two, stop={1: 2}), _job("dm", two), _job("dc", two)], two)])
+    return one, two, solo, pair
+
+
+def test_two_processes_distil_what_one_does(equivalence):
+    one, two, solo, pair = equivalence
+    for method in ("dm", "dc"):
+        a, b = synset(one / method)["images"], synset(two / method)["images"]
+        assert (a - b).abs().max().item() <= 1e-5, method
+    assert not torch.equal(synset(one / "dm")["images"], synset(one / "dc")["images"])
+    rows = [[r["rows"] for r in records[-2:]] for records in (*solo, *pair)]
+    assert rows[0] == rows[1] == rows[2]  # the same evaluation on every rank
+
+
+def test_a_stop_seen_by_one_rank_stops_every_rank_at_the_same_step(equivalence):
+    _, two, _, pair = equivalence
+    assert [r["error"] for r in (pair[0][0], pair[1][0])] == ["Interrupted", "Interrupted"]
+    assert pair[0][0]["message"] == pair[1][0]["message"] == "stopped after iteration 2; checkpoint written"
+    log = (two / "dm" / "log.txt").read_text()
+    assert "resumed at iteration 2" in log
+
+
+def test_only_rank_zero_writes_one_set_of_files(equivalence):
+    _, two, _, _ = equivalence
+    log = (two / "dm" / "log.txt").read_text().splitlines()
+    assert sum("start run" in line for line in log) == 1
+    assert sum("checkpoint at iteration 2" in line for line in log) == 1
+    rows = [json.loads(x) for x in (two / "dm" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["it"] for r in rows if "loss" in r] == [0, 1, 2, 3]
+    models = sorted(p.name for p in (two / "dm" / "eval").glob("*/models/*.json"))
+    assert models == ["convnet3-0.json", "convnet3-1.json", "convnet3-2.json"]
+    assert sum("evaluation" in line and "done" in line for line in log) == 1
+
+
+def test_a_world_size_that_does_not_divide_the_classes_is_one_line(tmp_path):
+    out = launch(3, [{"config": DM, "dir": str(tmp_path / "r"), "exec": EXE}], tmp_path)
+    for rank in out:
+        assert rank[0]["error"] == "ConfigError"
+        assert rank[0]["message"] == ("3 processes cannot share 10 classes of digits evenly; "
+                                      "use a number of processes that divides 10")
+    assert not (tmp_path / "r" / "checkpoint").exists()
+
+
+def test_a_dead_rank_stops_the_others_with_one_line(tmp_path):
+    exe = {**EXE, "dist_timeout_s": 20}
+    out = launch(2, [{"config": DM, "dir": str(tmp_path / "r"), "exec": exe, "die": {1: 2}}], tmp_path, timeout=60)
+    assert out[1] == []  # it died
+    assert out[0][0]["error"] == "PeerLost"
+    assert out[0][0]["message"].startswith("rank 0 of 2: all_reduce failed: another process died")
+    assert "\n" not in out[0][0]["message"] and out[0][0]["seconds"] < 30
+
+
+def test_a_missing_master_addr_is_one_line():
+    with pytest.raises(ConfigError, match="^WORLD_SIZE=2 but MASTER_ADDR, MASTER_PORT not set: start the processes "
+                                          "with torchrun, accelerate launch or srun"):
+        export_environment({"RANK": "0", "WORLD_SIZE": "2"})
+
+
+def test_the_launch_is_recognised():
+    assert launch_kind({}) == "single"
+    assert launch_kind({"RANK": "1", "WORLD_SIZE": "2"}) == "torchrun"
+    assert launch_kind({"SLURM_JOB_ID": "7", "SLURM_STEP_NUM_TASKS": "2"}) == "slurm"
+    assert launch_kind({"SLURM_JOB_ID": "7", "SLURM_STEP_NUM_TASKS": "1"}) == "single"
+    assert launch_kind({"SLURM_JOB_ID": "7", "SLURM_STEP_NUM_TASKS": "2", "RANK": "0", "WORLD_SIZE": "2"}) == "torchrun"
+    assert export_environment({}) == "single"
+
+
+def test_one_process_calls_no_collective():
+    assert SINGLE.any(True) and not SINGLE.any(False)
+    t = torch.ones(2)
+    assert SINGLE.sum_(t) is t and SINGLE.gather(3) == [3] and SINGLE.from_main("x") == "x"
+    assert SINGLE.shard(10, "classes") == range(10)
+    assert Dist(1, 2).shard(10, "classes") == range(5, 10)
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_the_cli_says_a_missing_master_addr_in_one_line_on_rank_zero_only(tmp_path, capsys, monkeypatch, rank):
+    from hpcdd.cli import main
+
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    code = main(["distill", "--dataset", "digits", "--ipc", "1", "--iterations", "2", "--no-progress",
+                 "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.splitlines() == ([] if rank == "1" else [
+        "hpcdd: error: WORLD_SIZE=2 but MASTER_ADDR, MASTER_PORT not set: start the processes with torchrun, "
+        "accelerate launch or srun (README 'Multi-process runs')"])
+    assert not (tmp_path / "r").exists()
