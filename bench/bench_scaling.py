@@ -12,7 +12,8 @@ lines the ranks up.
 draws and their application: ``ImageDistiller.batches``) and ``matching`` (the embeddings, loss,
 backward and the image step), with a device synchronisation between them.
 
-Writes results/bench_scaling.csv (commit, host, device, torch, date).
+Writes results/bench_scaling.csv (commit, host, device, torch, date, and the 1-minute load
+average before each layout: on a shared machine other work skews every number).
 Usage: python bench/bench_scaling.py [--layouts 1x1,2x1,1x2] [--iters 5] [--warmup 1]
        python bench/bench_scaling.py --split [--iters 20]
 """
@@ -137,14 +138,17 @@ def main() -> None:
         parts = split(args)
         total = sum(parts.values())
         rows.append({"layout": "split", "procs": 1, "threads": torch.get_num_threads(),
+                     "load_before": round(os.getloadavg()[0], 2),
                      "sec_per_iter": round(total, 4), "it_per_s": round(1 / total, 3),
                      "sec_sampling_aug": round(parts["sampling_aug"], 4), "sec_matching": round(parts["matching"], 4),
                      **meta})
     else:
         for layout in args.layouts.split(","):
             procs, threads = map(int, layout.split("x"))
+            load = os.getloadavg()[0]
             sec = scaling(procs, threads, args)
-            rows.append({"layout": layout, "procs": procs, "threads": threads, "sec_per_iter": round(sec, 4),
+            rows.append({"layout": layout, "procs": procs, "threads": threads, "load_before": round(load, 2),
+                         "sec_per_iter": round(sec, 4),
                          "it_per_s": round(1 / sec, 3), "sec_sampling_aug": "", "sec_matching": "", **meta})
     for row in rows:
         print(f"{row['layout']:6s} {row['sec_per_iter']:.3f} s/iter  {row['it_per_s']:.3f} it/s "

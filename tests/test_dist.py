@@ -18,35 +18,43 @@ EXE = {"progress": False, "checkpoint_every": 2, "threads": 1, "dist_timeout_s":
 EVAL = {"epochs": 2, "n": 3}
 DM = {"method": "dm", "iterations": 4}
 DC = {"method": "dc", "iterations": 2, "outer_loop": 2, "inner_loop": 2}
+DREAM = {"method": "dm", "sampler": "dream", "interval": 2, "iterations": 3, "net": "mlp"}
 
 
 def _job(method: str, root, **extra):
-    return {"config": {"dm": DM, "dc": DC}[method], "dir": str(root / method), "exec": EXE, "evals": [EVAL], **extra}
+    return {"config": {"dm": DM, "dc": DC, "dream": DREAM}[method], "dir": str(root / method), "exec": EXE,
+            "evals": [] if method == "dream" else [EVAL], **extra}
 
 
 @pytest.fixture(scope="module")
 def equivalence(tmp_path_factory):
-    """DM (with DSA) and DC distilled and evaluated by one process and, at the same time, by two
-    (DM first stopped by a signal seen on rank 1 only, then resumed)."""
+    """DM (with DSA) and DC distilled and evaluated, and DM with DREAM's sampler distilled, by one
+    process and, at the same time, by two (DM first stopped by a signal seen on rank 1 only, then
+    resumed)."""
     one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
-    solo, pair = launch_many([(1, [_job("dm", one), _job("dc", one)], one),
-                              (2, [_job("dm", two, stop={1: 2}), _job("dm", two), _job("dc", two)], two)])
+    solo, pair = launch_many([(1, [_job("dm", one), _job("dc", one), _job("dream", one)], one),
+                              (2, [_job("dm", two, stop={1: 2}), _job("dm", two), _job("dc", two),
+                                   _job("dream", two)], two)])
     return one, two, solo, pair
 
 
 def test_two_processes_distil_what_one_does(equivalence):
     one, two, solo, pair = equivalence
-    for method in ("dm", "dc"):
+    for method in ("dm", "dc", "dream"):
         a, b = synset(one / method)["images"], synset(two / method)["images"]
         assert (a - b).abs().max().item() <= 1e-5, method
     assert not torch.equal(synset(one / "dm")["images"], synset(one / "dc")["images"])
-    rows = [[r["rows"] for r in records[-2:]] for records in (*solo, *pair)]
+    counts = [json.loads((d / "dream" / "done").read_text())["sampler"] for d in (one, two)]
+    assert counts[0]["reclusterings"] == counts[1]["reclusterings"] == 20  # 10 classes, twice
+    assert counts[0]["kmeans_iterations"] == counts[1]["kmeans_iterations"]
+    rows = [[r["rows"] for r in records[-3:-1]] for records in (*solo, *pair)]
     assert rows[0] == rows[1] == rows[2]  # the same evaluation on every rank
 
 
 def test_a_stop_seen_by_one_rank_stops_every_rank_at_the_same_step(equivalence):
     _, two, _, pair = equivalence
     assert [r["error"] for r in (pair[0][0], pair[1][0])] == ["Interrupted", "Interrupted"]
+    assert "error" not in pair[0][1] and "error" not in pair[1][1]
     assert pair[0][0]["message"] == pair[1][0]["message"] == "stopped after iteration 2; checkpoint written"
     log = (two / "dm" / "log.txt").read_text()
     assert "resumed at iteration 2" in log

@@ -113,6 +113,8 @@ class ImageDistiller(Distiller):
         self.classes = (self.dist.shard(self.num_classes, f"classes of {cfg.dataset}") if self.sharded
                         else range(self.num_classes))
         """The classes this process matches (all of them in one process)."""
+        if self.sharded:
+            self.sampler.shard(self.dist, self.classes)
 
     def batches(self, net: nn.Module, gen: torch.Generator) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per class of ``self.classes``: the real batch the sampler picks for ``net``
