@@ -19,22 +19,27 @@ EVAL = {"epochs": 2, "n": 3}
 DM = {"method": "dm", "iterations": 4}
 DC = {"method": "dc", "iterations": 2, "outer_loop": 2, "inner_loop": 2}
 DREAM = {"method": "dm", "sampler": "dream", "interval": 2, "iterations": 3, "net": "mlp"}
+GL = {"method": "global_local", "iterations": 3, "gan_steps": 4, "gan_width": 8, "gan_batch": 32, "match_batch": 20,
+      "pool_warmup": 1, "pool": ["convnet3"], "local_layers": ["convnet3:block2"]}
+"""global_local (and its GAN pretraining prerequisite) runs replicated on every rank (README)."""
 
 
 def _job(method: str, root, **extra):
-    return {"config": {"dm": DM, "dc": DC, "dream": DREAM}[method], "dir": str(root / method), "exec": EXE,
-            "evals": [] if method == "dream" else [EVAL], **extra}
+    return {"config": {"dm": DM, "dc": DC, "dream": DREAM, "global_local": GL}[method], "dir": str(root / method),
+            "exec": {**EXE, "artefact_root": str(root / "art")},
+            "evals": {"dream": [], "global_local": [{**EVAL, "ipc": 2}]}.get(method, [EVAL]), **extra}
 
 
 @pytest.fixture(scope="module")
 def equivalence(tmp_path_factory):
-    """DM (with DSA) and DC distilled and evaluated, and DM with DREAM's sampler distilled, by one
-    process and, at the same time, by two (DM first stopped by a signal seen on rank 1 only, then
-    resumed)."""
+    """DM (with DSA), DC and global_local (with its GAN pretraining) distilled and evaluated, and DM
+    with DREAM's sampler distilled, by one process and, at the same time, by two (DM first stopped
+    by a signal seen on rank 1 only, then resumed)."""
     one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
-    solo, pair = launch_many([(1, [_job("dm", one), _job("dc", one), _job("dream", one)], one),
-                              (2, [_job("dm", two, stop={1: 2}), _job("dm", two), _job("dc", two),
-                                   _job("dream", two)], two)])
+    methods = ["dc", "global_local", "dream"]
+    solo, pair = launch_many([(1, [_job(m, one) for m in ["dm", *methods]], one),
+                              (2, [_job("dm", two, stop={1: 2}), *(_job(m, two) for m in ["dm", *methods])], two)],
+                             timeout=120)
     return one, two, solo, pair
 
 
@@ -44,10 +49,13 @@ def test_two_processes_distil_what_one_does(equivalence):
         a, b = synset(one / method)["images"], synset(two / method)["images"]
         assert (a - b).abs().max().item() <= 1e-5, method
     assert not torch.equal(synset(one / "dm")["images"], synset(one / "dc")["images"])
+    gens = [torch.load(d / "global_local" / "generator.pt", weights_only=True)["weights"] for d in (one, two)]
+    weights = [k for k, v in gens[0].items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    assert weights and all((gens[0][k] - gens[1][k]).abs().max() <= 1e-5 for k in weights)
     counts = [json.loads((d / "dream" / "done").read_text())["sampler"] for d in (one, two)]
     assert counts[0]["reclusterings"] == counts[1]["reclusterings"] == 20  # 10 classes, twice
     assert counts[0]["kmeans_iterations"] == counts[1]["kmeans_iterations"]
-    rows = [[r["rows"] for r in records[-3:-1]] for records in (*solo, *pair)]
+    rows = [[r["rows"] for r in records[-4:-1]] for records in (*solo, *pair)]
     assert rows[0] == rows[1] == rows[2]  # the same evaluation on every rank
 
 

@@ -76,7 +76,8 @@ class RunWriter:
                 lock: Callable[[Path], Any] = rundir.lock) -> Iterator[None]:
         """Hold ``lock(dir)`` (rank 0) for the block, after ``prepare()`` ran under it (it checks
         the dir, removes stale temp files, writes the identity); the other ranks wait for that at a
-        barrier, and get rank 0's ``HpcddError`` if it failed."""
+        barrier, and get rank 0's ``HpcddError`` if it failed. A block that ends normally ends at a
+        barrier too (e.g. a prerequisite's artefact is written before another rank loads it)."""
         with contextlib.ExitStack() as stack:
             def enter() -> None:
                 rundir.ensure_writable(self.run_dir)
@@ -85,6 +86,7 @@ class RunWriter:
 
             self.dist.main_first(enter)
             yield
+            self.dist.main_first(lambda: None)  # what rank 0 wrote is there before any rank reads it
 
 
 class ReadOnlyWriter(RunWriter):
