@@ -136,3 +136,42 @@ def test_the_cli_says_a_missing_master_addr_in_one_line_on_rank_zero_only(tmp_pa
         "hpcdd: error: WORLD_SIZE=2 but MASTER_ADDR, MASTER_PORT not set: start the processes with torchrun, "
         "accelerate launch or srun (README 'Multi-process runs')"])
     assert not (tmp_path / "r").exists()
+
+
+def test_the_grid_asks_slurm_for_tasks_and_nodes(tmp_path):
+    from hpcdd.sweep.grid import SlurmSpec, load_grid
+    from hpcdd.sweep.launch import make_executor
+
+    from helpers import write_grid
+
+    grid = write_grid(tmp_path / "g.yaml", {"name": "mp", "base": {"dataset": "digits", "ipc": 1},
+                                            "slurm": {"tasks_per_node": 4, "gpus_per_node": 4, "nodes": 2}})
+    params = make_executor("slurm", tmp_path / "runs", load_grid(grid))._executor.parameters
+    assert (params["ntasks_per_node"], params["gpus_per_node"], params["nodes"]) == (4, 4, 2)
+    single = write_grid(tmp_path / "s.yaml", {"name": "one", "base": {"dataset": "digits", "ipc": 1}})
+    assert "ntasks_per_node" not in make_executor("slurm", tmp_path / "runs", load_grid(single))._executor.parameters
+    for bad, msg in [({"tasks_per_node": 4, "gpus_per_node": 2}, "must equal gpus_per_node"),
+                     ({"tasks_per_node": 2, "gpus_per_task": 1}, "asks for gpus_per_node"),
+                     ({"tasks_per_node": 0}, "tasks_per_node must be >= 1")]:
+        with pytest.raises(ConfigError, match=msg):
+            SlurmSpec(**bad)
+
+
+def test_a_slurm_step_of_two_tasks_is_exported_once(monkeypatch):
+    import os
+
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
+                "SUBMITIT_EXECUTOR"):  # a plain srun step (submitit's own jobs set SUBMITIT_EXECUTOR)
+        monkeypatch.setenv(key, "x")  # so that monkeypatch restores what export_environment sets
+        monkeypatch.delenv(key)
+    slurm = {"SLURM_JOB_ID": "42", "SLURM_STEP_NUM_TASKS": "2", "SLURM_NTASKS": "2", "SLURM_JOB_NUM_NODES": "1",
+             "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "localhost", "SLURM_PROCID": "1", "SLURM_LOCALID": "1",
+             "CUDA_VISIBLE_DEVICES": "0,1"}
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    assert export_environment() == "slurm"
+    got = {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "CUDA_VISIBLE_DEVICES")}
+    assert got == {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "localhost",
+                   "CUDA_VISIBLE_DEVICES": "0,1"}  # Accelerate takes GPU LOCAL_RANK of those the task sees
+    port = os.environ["MASTER_PORT"]
+    assert export_environment() == "torchrun" and os.environ["MASTER_PORT"] == port  # nothing exported twice

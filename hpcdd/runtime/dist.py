@@ -63,6 +63,7 @@ def export_environment(env: MutableMapping[str, str] = os.environ) -> str:
     if kind == "slurm":
         from submitit.helpers import TorchDistributedEnvironment
 
+        env.setdefault("SUBMITIT_EXECUTOR", "slurm")  # a plain srun step: submitit's jobs set it
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     world = _int(env, "WORLD_SIZE", 1)
     if world > 1:

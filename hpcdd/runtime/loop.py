@@ -10,7 +10,6 @@ disk are never touched by it.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -20,12 +19,11 @@ import torch
 
 from hpcdd.config import ExecConfig
 from hpcdd.errors import CheckpointError, NonFiniteLossError
-from hpcdd.io import atomic_write_text, read_jsonl
 from hpcdd.rundir import CHECKPOINTS
 from hpcdd.runtime.checkpoint import checkpoint_files, load_latest, warn_line
 from hpcdd.runtime.preempt import Interrupted
 from hpcdd.runtime.progress import progress
-from hpcdd.runtime.writer import RunWriter
+from hpcdd.runtime.writer import RunWriter, truncate_metrics
 
 
 class Steppable(Protocol):
@@ -120,26 +118,6 @@ def run_steps(
 def _restore(job: Steppable, state: dict[str, Any]) -> None:
     job.load_state_dict(state["job"])
     torch.set_rng_state(state["torch_rng"])
-
-
-def truncate_metrics(path: Path, start: int) -> None:
-    """Drop metric rows logged after the checkpoint we resume from (they will be redone).
-
-    Loss rows carry the iteration index (``it < start`` were done); eval rows carry the number
-    of completed iterations (``it <= start`` were done). Unreadable lines are dropped.
-    """
-    if not path.exists():
-        return
-    rows = [r for r in read_jsonl(path) if _kept(r, start)]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _kept(row: dict[str, Any], start: int) -> bool:
-    try:
-        it = int(row.get("it", 0))
-    except (TypeError, ValueError):
-        return False
-    return it < start or ("eval_acc" in row and it == start)
 
 
 __all__ = ["Steppable", "run_steps", "truncate_metrics"]

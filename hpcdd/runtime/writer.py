@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from hpcdd import rundir
-from hpcdd.io import append_line, atomic_torch_save, atomic_write_json, atomic_write_yaml
+from hpcdd.io import (
+    append_line, atomic_torch_save, atomic_write_json, atomic_write_text, atomic_write_yaml, read_jsonl,
+)
 from hpcdd.runtime.dist import SINGLE, Dist
 
 
@@ -42,8 +44,6 @@ class RunWriter:
         append_line(self.run_dir / rundir.METRICS, json.dumps(row))
 
     def truncate_metrics(self, start: int) -> None:
-        from hpcdd.runtime.loop import truncate_metrics
-
         truncate_metrics(self.run_dir / rundir.METRICS, start)
 
     def json(self, path: Path, data: Any) -> None:
@@ -125,9 +125,29 @@ class ReadOnlyWriter(RunWriter):
         pass
 
 
+def truncate_metrics(path: Path, start: int) -> None:
+    """Drop metric rows logged after the checkpoint we resume from (they will be redone).
+
+    Loss rows carry the iteration index (``it < start`` were done); eval rows carry the number
+    of completed iterations (``it <= start`` were done). Unreadable lines are dropped.
+    """
+    if not path.exists():
+        return
+    rows = [r for r in read_jsonl(path) if _kept(r, start)]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _kept(row: dict[str, Any], start: int) -> bool:
+    try:
+        it = int(row.get("it", 0))
+    except (TypeError, ValueError):
+        return False
+    return it < start or ("eval_acc" in row and it == start)
+
+
 def writer_for(run_dir: Path, dist: Dist = SINGLE) -> RunWriter:
     """The writer this process uses for ``run_dir``: a real one on the main process only."""
     return (RunWriter if dist.is_main else ReadOnlyWriter)(run_dir, dist)
 
 
-__all__ = ["RunWriter", "ReadOnlyWriter", "writer_for"]
+__all__ = ["RunWriter", "ReadOnlyWriter", "writer_for", "truncate_metrics"]
