@@ -87,3 +87,43 @@ def launch_many(groups: list[tuple[int, list[dict[str, Any]], Path]], timeout: f
     if hung:
         raise AssertionError(f"processes {hung} still running after {timeout}s (a hang)")
     return [[json.loads(o.read_text()) if o.exists() else [] for o in group] for group in outs]
+
+
+def _batchnorm_rank(rank: int, world: int, port: int, out: str) -> None:
+    """GlooBatchNorm on this rank's half of a batch: its output rows and input/weight gradients."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import torch
+    import torch.distributed as td
+
+    from hpcdd.generative.parallel import sync_batchnorm
+
+    td.init_process_group("gloo")
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 4, 4) * 3 + 1
+    bn = torch.nn.BatchNorm2d(3)
+    bn.weight.data.uniform_(0.5, 1.5)
+    weight = bn.weight
+    net = sync_batchnorm(torch.nn.Sequential(bn), cuda=False)
+    assert net[0].weight is weight  # the same Parameter: an optimiser built before keeps it
+    mine = x[rank * 4 : (rank + 1) * 4].clone().requires_grad_(True)
+    y = net(mine)
+    (y * torch.arange(1.0, 5.0).view(4, 1, 1, 1)).sum().backward()  # a loss of this rank's rows
+    torch.save({"y": y.detach(), "dx": mine.grad, "dw": weight.grad, "running_var": net[0].running_var,
+                "type": type(net[0]).__name__}, out)
+    td.destroy_process_group()
+
+
+def batchnorm_halves(tmp: Path) -> list[dict[str, Any]]:
+    """Run :func:`_batchnorm_rank` on 2 processes; their results."""
+    import torch
+
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    outs = [str(tmp / f"bn{r}.pt") for r in range(2)]
+    procs = [ctx.Process(target=_batchnorm_rank, args=(r, 2, port, o)) for r, o in enumerate(outs)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    return [torch.load(o, weights_only=True) for o in outs]

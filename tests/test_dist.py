@@ -50,8 +50,14 @@ def test_two_processes_distil_what_one_does(equivalence):
         assert (a - b).abs().max().item() <= 1e-5, method
     assert not torch.equal(synset(one / "dm")["images"], synset(one / "dc")["images"])
     gens = [torch.load(d / "global_local" / "generator.pt", weights_only=True)["weights"] for d in (one, two)]
-    weights = [k for k, v in gens[0].items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
-    assert weights and all((gens[0][k] - gens[1][k]).abs().max() <= 1e-5 for k in weights)
+    diff = {k: (gens[0][k] - gens[1][k]).abs().max().item() for k, v in gens[0].items() if v.is_floating_point()}
+    # A bias feeding a BatchNorm has a gradient that is zero up to float rounding; Adam turns that
+    # rounding into steps of about lr in either direction (4 pretraining steps at lr 1e-4, 3 at
+    # 5e-6), so those biases, and the running means that absorb them, differ by ~steps x lr
+    # whatever the sharding (a BatchNorm cancels them in training). Everything else: <= 1e-5.
+    cancelled = {k for k in diff if k.endswith("running_mean") or (k.endswith(".bias") and not k.startswith(("bn", "conv8")))}
+    assert len(cancelled) == 16 and all(diff[k] <= 1e-3 for k in cancelled)
+    assert all(diff[k] <= 1e-5 for k in set(diff) - cancelled), diff
     counts = [json.loads((d / "dream" / "done").read_text())["sampler"] for d in (one, two)]
     assert counts[0]["reclusterings"] == counts[1]["reclusterings"] == 20  # 10 classes, twice
     assert counts[0]["kmeans_iterations"] == counts[1]["kmeans_iterations"]
@@ -175,3 +181,20 @@ def test_a_slurm_step_of_two_tasks_is_exported_once(monkeypatch):
                    "CUDA_VISIBLE_DEVICES": "0,1"}  # Accelerate takes GPU LOCAL_RANK of those the task sees
     port = os.environ["MASTER_PORT"]
     assert export_environment() == "torchrun" and os.environ["MASTER_PORT"] == port  # nothing exported twice
+
+
+def test_the_cpu_sync_batchnorm_is_batchnorm_over_the_whole_batch(tmp_path):
+    from dist_worker import batchnorm_halves
+
+    halves = batchnorm_halves(tmp_path)
+    torch.manual_seed(0)
+    x = (torch.randn(8, 3, 4, 4) * 3 + 1).requires_grad_(True)
+    bn = torch.nn.BatchNorm2d(3)
+    bn.weight.data.uniform_(0.5, 1.5)
+    y = bn(x)
+    (y * torch.arange(1.0, 5.0).repeat(2).view(8, 1, 1, 1)).sum().backward()
+    assert halves[0]["type"] == "GlooBatchNorm"
+    assert torch.allclose(torch.cat([h["y"] for h in halves]), y, atol=1e-5)
+    assert torch.allclose(torch.cat([h["dx"] for h in halves]), x.grad, atol=1e-5)
+    assert torch.allclose(halves[0]["dw"] + halves[1]["dw"], bn.weight.grad, atol=1e-4)  # summed: DDP averages
+    assert torch.allclose(halves[0]["running_var"], bn.running_var, atol=1e-6)

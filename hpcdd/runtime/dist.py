@@ -138,7 +138,7 @@ class Dist:
             return flag
         import torch
 
-        t = torch.tensor([1.0 if flag else 0.0], device=self._device())
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device())
         return bool(self.sum_(t).item() > 0)
 
     def gather(self, obj: T) -> list[T]:
@@ -180,7 +180,8 @@ class Dist:
             cls = getattr(errors, failure[0], None)
             raise (cls if isinstance(cls, type) and issubclass(cls, HpcddError) else HpcddError)(failure[1])
 
-    def _device(self) -> Any:
+    def device(self) -> Any:
+        """Where this rank's collective tensors live: its GPU under NCCL, else the CPU."""
         import torch
         import torch.distributed as td
 
