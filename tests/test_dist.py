@@ -34,12 +34,16 @@ def _job(method: str, root, **extra):
 def equivalence(tmp_path_factory):
     """DM (with DSA), DC and global_local (with its GAN pretraining) distilled and evaluated, and DM
     with DREAM's sampler distilled, by one process and, at the same time, by two (DM first stopped
-    by a signal seen on rank 1 only, then resumed)."""
+    by a signal seen on rank 1 only, then resumed; then DM evaluated with 4 models, rank 1 stopped
+    in its second model, then resumed)."""
     one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
     methods = ["dc", "global_local", "dream"]
+    four = {**_job("dm", two), "dir": str(two / "four"), "evals": [{**EVAL, "n": 4}]}
+    # should_stop calls on rank 1: 4 steps, 2 epochs of its first model (k=1), then k=3's first epoch
     solo, pair = launch_many([(1, [_job(m, one) for m in ["dm", *methods]], one),
-                              (2, [_job("dm", two, stop={1: 2}), *(_job(m, two) for m in ["dm", *methods])], two)],
-                             timeout=120)
+                              (2, [_job("dm", two, stop={1: 2}), *(_job(m, two) for m in ["dm", *methods]),
+                                   {**four, "stop": {1: 7}}, four], two)],
+                             timeout=150)
     return one, two, solo, pair
 
 
@@ -53,15 +57,15 @@ def test_two_processes_distil_what_one_does(equivalence):
     diff = {k: (gens[0][k] - gens[1][k]).abs().max().item() for k, v in gens[0].items() if v.is_floating_point()}
     # A bias feeding a BatchNorm has a gradient that is zero up to float rounding; Adam turns that
     # rounding into steps of about lr in either direction (4 pretraining steps at lr 1e-4, 3 at
-    # 5e-6), so those biases, and the running means that absorb them, differ by ~steps x lr
-    # whatever the sharding (a BatchNorm cancels them in training). Everything else: <= 1e-5.
+    # 5e-6); splitting the batch changes the rounding, so those biases, and the running means that
+    # absorb them, differ by ~steps x lr (a BatchNorm cancels them in training). The rest: <= 1e-5.
     cancelled = {k for k in diff if k.endswith("running_mean") or (k.endswith(".bias") and not k.startswith(("bn", "conv8")))}
     assert len(cancelled) == 16 and all(diff[k] <= 1e-3 for k in cancelled)
     assert all(diff[k] <= 1e-5 for k in set(diff) - cancelled), diff
     counts = [json.loads((d / "dream" / "done").read_text())["sampler"] for d in (one, two)]
     assert counts[0]["reclusterings"] == counts[1]["reclusterings"] == 20  # 10 classes, twice
     assert counts[0]["kmeans_iterations"] == counts[1]["kmeans_iterations"]
-    rows = [[r["rows"] for r in records[-4:-1]] for records in (*solo, *pair)]
+    rows = [[r["rows"] for r in records] for records in (solo[0][:3], pair[0][1:4], pair[1][1:4])]
     assert rows[0] == rows[1] == rows[2]  # the same evaluation on every rank
 
 
@@ -72,6 +76,15 @@ def test_a_stop_seen_by_one_rank_stops_every_rank_at_the_same_step(equivalence):
     assert pair[0][0]["message"] == pair[1][0]["message"] == "stopped after iteration 2; checkpoint written"
     log = (two / "dm" / "log.txt").read_text()
     assert "resumed at iteration 2" in log
+
+
+def test_a_stopped_evaluation_keeps_every_rank_s_finished_models(equivalence):
+    one, two, solo, pair = equivalence
+    assert [r[-2].get("error") for r in pair] == ["Interrupted", "Interrupted"]
+    log = (two / "four" / "log.txt").read_text()
+    assert "resuming with 3 model(s) already done" in log
+    accs = pair[0][-1]["rows"][0]["accs"]
+    assert len(accs) == 4 and accs[:3] == solo[0][0]["rows"][0]["accs"]  # model k is model k, whatever n
 
 
 def test_only_rank_zero_writes_one_set_of_files(equivalence):
