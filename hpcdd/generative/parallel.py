@@ -94,7 +94,8 @@ class GlooBatchNorm(nn.modules.batchnorm._BatchNorm):
 
         dims = [0, *range(2, x.dim())]
         shape = [1, -1, *([1] * (x.dim() - 2))]
-        count = all_reduce(torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device))
+        dtype, x = x.dtype, x.float()  # statistics in fp32, as autocast runs BatchNorm
+        count = all_reduce(torch.tensor([x.numel() / x.shape[1]], device=x.device))
         mean = all_reduce(x.sum(dims)) / count
         centred = x - mean.view(shape)
         var = all_reduce((centred * centred).sum(dims)) / count
@@ -107,7 +108,7 @@ class GlooBatchNorm(nn.modules.batchnorm._BatchNorm):
         out = centred / torch.sqrt(var.view(shape) + self.eps)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)
-        return out
+        return out.to(dtype)
 
 
 def sync_batchnorm(module: nn.Module, cuda: bool) -> nn.Module:
