@@ -19,15 +19,17 @@ EVAL = {"epochs": 2, "n": 3}
 DM = {"method": "dm", "iterations": 4}
 DC = {"method": "dc", "iterations": 2, "outer_loop": 2, "inner_loop": 2}
 DREAM = {"method": "dm", "sampler": "dream", "interval": 2, "iterations": 3, "net": "mlp"}
+DM_BN = {"method": "dm", "iterations": 2, "net": "convnet3_bn"}
+"""BatchNorm statistics mix the classes: every rank matches all of them (replicated)."""
 GL = {"method": "global_local", "iterations": 3, "gan_steps": 4, "gan_width": 8, "gan_batch": 32, "match_batch": 20,
       "pool_warmup": 1, "pool": ["convnet3"], "local_layers": ["convnet3:block2"]}
 """global_local (and its GAN pretraining prerequisite) runs replicated on every rank (README)."""
 
 
 def _job(method: str, root, **extra):
-    return {"config": {"dm": DM, "dc": DC, "dream": DREAM, "global_local": GL}[method], "dir": str(root / method),
-            "exec": {**EXE, "artefact_root": str(root / "art")},
-            "evals": {"dream": [], "global_local": [{**EVAL, "ipc": 2}]}.get(method, [EVAL]), **extra}
+    return {"config": {"dm": DM, "dc": DC, "dream": DREAM, "global_local": GL, "dm_bn": DM_BN}[method],
+            "dir": str(root / method), "exec": {**EXE, "artefact_root": str(root / "art")},
+            "evals": {"dream": [], "dm_bn": [], "global_local": [{**EVAL, "ipc": 2}]}.get(method, [EVAL]), **extra}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,7 @@ def equivalence(tmp_path_factory):
     by a signal seen on rank 1 only, then resumed; then DM evaluated with 4 models, rank 1 stopped
     in its second model, then resumed)."""
     one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
-    methods = ["dc", "global_local", "dream"]
+    methods = ["dc", "global_local", "dream", "dm_bn"]
     four = {**_job("dm", two), "dir": str(two / "four"), "evals": [{**EVAL, "n": 4}]}
     # should_stop calls on rank 1: 4 steps, 2 epochs of its first model (k=1), then k=3's first epoch
     solo, pair = launch_many([(1, [_job(m, one) for m in ["dm", *methods]], one),
@@ -49,7 +51,7 @@ def equivalence(tmp_path_factory):
 
 def test_two_processes_distil_what_one_does(equivalence):
     one, two, solo, pair = equivalence
-    for method in ("dm", "dc", "dream"):
+    for method in ("dm", "dc", "dream", "dm_bn"):
         a, b = synset(one / method)["images"], synset(two / method)["images"]
         assert (a - b).abs().max().item() <= 1e-5, method
     assert not torch.equal(synset(one / "dm")["images"], synset(one / "dc")["images"])
