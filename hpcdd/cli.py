@@ -49,11 +49,19 @@ def _configs(args: argparse.Namespace, file_data: dict[str, Any],
     return run, ev, exe
 
 
+def _say(text: str, file: Any = None) -> None:
+    """Print ``text`` on the main process only (several processes: one copy, not one per rank)."""
+    from hpcdd.runtime.dist import main_process
+
+    if main_process():
+        print(text, file=file if file is not None else sys.stdout)
+
+
 def _print_rows(rows: list[dict[str, Any]]) -> None:
     from hpcdd.report.summary import result_table
 
     for row in rows:
-        print(result_table(row))
+        _say(result_table(row))
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -96,13 +104,13 @@ def _run(cfg: RunConfig, ev: EvalConfig, exe: ExecConfig, out: str, overwrite: b
         rows = run_one(cfg, out_dir, exe, evals=(ev,), evaluate=evaluate, should_stop=stop,
                        overwrite=overwrite)
     except Interrupted as e:
-        print(f"hpcdd: {stop.received.name if stop.received else 'stop'} received: {e}; "
-              "run the same command again to resume", file=sys.stderr)
+        _say(f"hpcdd: {stop.received.name if stop.received else 'stop'} received: {e}; "
+             "run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     if rows:
         _print_rows(rows)
     else:
-        print(f"distilled; evaluate it with: hpcdd evaluate {out_dir}")
+        _say(f"distilled; evaluate it with: hpcdd evaluate {out_dir}")
     return 0
 
 
@@ -117,8 +125,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         row = evaluate_run(args.run_dir, ev, exe, should_stop=stop)
     except Interrupted as e:
-        print(f"hpcdd: {stop.received.name if stop.received else 'stop'} received: {e}; "
-              "run the same command again to resume at the next model", file=sys.stderr)
+        _say(f"hpcdd: {stop.received.name if stop.received else 'stop'} received: {e}; "
+             "run the same command again to resume at the next model", file=sys.stderr)
         return EXIT_INTERRUPTED
     _print_rows([row])
     return 0
@@ -247,7 +255,10 @@ def main(argv: Sequence[str] | None = None, stop: StopFlag | None = None) -> int
         args = _parse(argv, stop)
         return int(args.func(args) or 0)
     except HpcddError as e:
-        print(f"hpcdd: error: {e}", file=sys.stderr)
+        from hpcdd.runtime.dist import prints_error
+
+        if prints_error(e):  # several processes: one line, not one per rank
+            print(f"hpcdd: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
         if e.errno not in DISK_ERRNOS:

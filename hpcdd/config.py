@@ -181,6 +181,9 @@ class ExecConfig:
     (on a GPU; one by one on CPU, which keeps CPU results bitwise). Same accuracies up to rounding."""
     eval_ensemble_max: int = 0
     """Most models per ensemble (0: all of an architecture's); lower it when GPU memory is short."""
+    dist_timeout_s: float = 1800.0
+    """With several processes (torchrun, accelerate launch, a Slurm job of several tasks): seconds a
+    process waits for the others at a collective before it stops with one line (a dead or stuck rank)."""
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -198,6 +201,8 @@ class ExecConfig:
             raise ConfigError(f"eval_ensemble must be one of {', '.join(ENSEMBLE_MODES)}, got {self.eval_ensemble!r}")
         if self.eval_ensemble_max < 0:
             raise ConfigError(f"eval_ensemble_max must be >= 0, got {self.eval_ensemble_max}")
+        if not 0 < self.dist_timeout_s <= 7 * 86400:
+            raise ConfigError(f"dist_timeout_s must be in (0, 604800], got {self.dist_timeout_s}")
         if self.threads is not None and not 1 <= self.threads <= 4096:
             raise ConfigError(f"threads must be between 1 and 4096, got {self.threads}")
         if self.memory_limit_gb is not None and self.memory_limit_gb <= 0:

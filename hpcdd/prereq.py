@@ -19,12 +19,11 @@ from typing import Any, Callable, Iterator
 
 from hpcdd.catalog import prereq_id
 from hpcdd.config import ExecConfig
-from hpcdd.io import atomic_write_json, clean_stale_tmp, now_utc
-from hpcdd.rundir import (
-    LOCK, PREREQ_KIND, artefact_root, check_free, ensure_writable, is_done, log, mark_done,
-    prereq_dir, write_identity,
-)
+from hpcdd.io import clean_stale_tmp, now_utc
+from hpcdd.rundir import LOCK, PREREQ_KIND, artefact_root, check_free, is_done, prereq_dir, write_identity
+from hpcdd.runtime.dist import Dist, dist_of
 from hpcdd.runtime.loop import run_steps
+from hpcdd.runtime.writer import RunWriter, writer_for
 from hpcdd.specs import PREREQS, PrereqRef, load_impl
 
 
@@ -88,51 +87,67 @@ def _wait_lock(path: Path, message: Callable[[], None]) -> Iterator[None]:
 
 def build(ref: PrereqRef, exec_cfg: ExecConfig, *, accelerator: Any = None,
           should_stop: Callable[[], bool] | None = None, echo: Callable[[str], None] = print,
-          report: Callable[[str], None] | None = None) -> Path:
+          report: Callable[[str], None] | None = None, dist: Dist | None = None) -> Path:
     """Build the prerequisite ``ref`` unless it is done; returns its directory.
 
     Resumes from its own checkpoints; raises ``Interrupted`` when asked to stop. Before its first
     step it reports (``report``, default stderr, and its log) how many steps it takes, and after
-    the first few an estimate of the time left (:class:`CostReport`).
+    the first few an estimate of the time left (:class:`CostReport`). With several processes
+    (``dist``, default: the accelerator's) every rank steps the job and rank 0 alone writes.
     """
     pid = prereq_id(ref)
     out = ref_dir(ref, exec_cfg)
     if is_done(out):
         return out
-    ensure_writable(out)
-    with _wait_lock(out, lambda: echo(f"hpcdd: waiting for {ref.kind} {pid}, being built by another process")):
-        if is_done(out):  # built by the process we waited for
-            return out
+    if accelerator is None:  # a job of its own (not inside a run that set the process up)
+        from hpcdd.runtime.accel import make_accelerator
+        from hpcdd.runtime.process import setup_process
+
+        threads = setup_process(exec_cfg.threads)
+        accelerator = make_accelerator(exec_cfg.deterministic, exec_cfg.dist_timeout_s, threads)
+    dist = dist if dist is not None else dist_of(accelerator)
+    writer = writer_for(out, dist)
+    if dist.from_main(is_done(out)):
+        return out
+
+    def prepare() -> None:
         check_free(out, pid, kind=PREREQ_KIND)
         clean_stale_tmp(out, recursive=True)  # temp files of writes a kill interrupted
         write_identity(out, pid, ref.config, PREREQ_KIND, prereq=ref.kind)
-        if accelerator is None:  # a job of its own (not inside a run that set the process up)
-            from hpcdd.runtime.accel import make_accelerator
-            from hpcdd.runtime.process import setup_process
 
-            setup_process(exec_cfg.threads)
-            accelerator = make_accelerator(exec_cfg.deterministic)
-        t0 = time.perf_counter()
-        log(out, f"building {ref.kind} {pid}")
-        job = load_impl(PREREQS.get(ref.kind).impl)(ref.config, accelerator, exec_cfg)
-        cost = CostReport(f"{ref.kind} {pid}", job.total_steps, lambda m: _say(out, m, report))
-        cost.start(job.describe())
-        loop_cfg = exec_cfg if job.checkpoint_every is None else dataclasses.replace(
-            exec_cfg, checkpoint_every=job.checkpoint_every)
+    def wait_lock(path: Path) -> Any:
+        return _wait_lock(path, lambda: echo(f"hpcdd: waiting for {ref.kind} {pid}, being built by another process"))
 
-        def after_step(done: int) -> None:
-            cost.step(done)
-            job.after_step(out, done)
-
-        seconds, _ = run_steps(job, total=job.total_steps, run_dir=out, ident=pid, exec_cfg=loop_cfg,
-                               should_stop=should_stop, desc=f"{ref.kind} {pid}", after_step=after_step)
-        job.save(out)
-        atomic_write_json(out / "timing.json", {"seconds": round(seconds, 3),
-                                                "wall_seconds": round(time.perf_counter() - t0, 3),
-                                                "finished_at": now_utc()})
-        mark_done(out, pid)
-        log(out, f"{ref.kind} {pid} finished in {seconds:.1f}s")
+    with writer.session(prepare, lock=wait_lock):
+        if dist.from_main(is_done(out)):  # built by the process we waited for
+            return out
+        _build(ref, pid, out, exec_cfg, accelerator, writer, should_stop, report)
     return out
+
+
+def _build(ref: PrereqRef, pid: str, out: Path, exec_cfg: ExecConfig, accelerator: Any, writer: RunWriter,
+           should_stop: Callable[[], bool] | None, report: Callable[[str], None] | None) -> None:
+    t0 = time.perf_counter()
+    writer.log(f"building {ref.kind} {pid}")
+    job = load_impl(PREREQS.get(ref.kind).impl)(ref.config, accelerator, exec_cfg)
+    cost = CostReport(f"{ref.kind} {pid}", job.total_steps, lambda m: _say(writer, m, report))
+    cost.start(job.describe())
+    loop_cfg = exec_cfg if job.checkpoint_every is None else dataclasses.replace(
+        exec_cfg, checkpoint_every=job.checkpoint_every)
+
+    def after_step(done: int) -> None:
+        cost.step(done)
+        writer.own(job.after_step, out, done)
+
+    seconds, _ = run_steps(job, total=job.total_steps, run_dir=out, ident=pid, exec_cfg=loop_cfg,
+                           should_stop=should_stop, desc=f"{ref.kind} {pid}", after_step=after_step,
+                           writer=writer)
+    writer.own(job.save, out)
+    writer.json(out / "timing.json", {"seconds": round(seconds, 3),
+                                      "wall_seconds": round(time.perf_counter() - t0, 3),
+                                      "finished_at": now_utc()})
+    writer.mark_done(out, pid)
+    writer.log(f"{ref.kind} {pid} finished in {seconds:.1f}s")
 
 
 class CostReport:
@@ -178,12 +193,14 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _say(out: Path, message: str, report: Callable[[str], None] | None) -> None:
-    log(out, message)
-    if report is not None:
-        report(message)
-    else:
-        print(f"hpcdd: {message}", file=sys.stderr, flush=True)
+def _say(writer: RunWriter, message: str, report: Callable[[str], None] | None) -> None:
+    """A cost line into the log and to ``report`` (default stderr), by the main process only."""
+    writer.log(message)
+    writer.own(report if report is not None else _stderr, message)
+
+
+def _stderr(message: str) -> None:
+    print(f"hpcdd: {message}", file=sys.stderr, flush=True)
 
 
 __all__ = ["PrereqJob", "build", "ref_dir", "CostReport", "duration"]

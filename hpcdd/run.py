@@ -10,7 +10,6 @@ finished distillation without distilling again. The layout is :mod:`hpcdd.rundir
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -29,15 +28,15 @@ from hpcdd.config import EvalConfig, ExecConfig, RunConfig, eval_flat, from_dict
 from hpcdd.data import Dataset, load_dataset
 from hpcdd.errors import ConfigError, HpcddError, NonFiniteLossError, RunDirError
 from hpcdd.evaluate import check_synset, evaluate_source, flat_metrics
-from hpcdd.io import (
-    append_line, atomic_torch_save, atomic_write_json, atomic_write_yaml, clean_stale_tmp, now_utc,
-    read_jsonl, try_load_json,
-)
+from hpcdd.evalspread import evaluate_spread
+from hpcdd.io import clean_stale_tmp, now_utc, read_jsonl, try_load_json
 from hpcdd.nets import build as build_net
 from hpcdd.runtime.accel import make_accelerator, peak_memory_mb
+from hpcdd.runtime.dist import Dist, dist_of
 from hpcdd.runtime.loop import run_steps
 from hpcdd.runtime.process import setup_process
 from hpcdd.runtime.provenance import provenance
+from hpcdd.runtime.writer import RunWriter, writer_for
 from hpcdd.seeding import generator
 from hpcdd.select.samplers import build_sampler
 from hpcdd.specs import METHODS, SAMPLERS, load_impl
@@ -47,13 +46,16 @@ ShouldStop = Callable[[], bool] | None
 
 @dataclasses.dataclass
 class _Context:
-    """What one process set up for a run: device, data, provenance, timings."""
+    """What one process set up for a run: device, data, provenance, timings, and the writer of its
+    run dir (a real one on the main process only, :mod:`hpcdd.runtime.writer`)."""
 
     accelerator: Any
     data: Dataset
     prov: dict[str, Any]
     exec_cfg: ExecConfig
     t_start: float
+    dist: Dist
+    writer: RunWriter | None = None
 
 
 def run_one(
@@ -83,16 +85,19 @@ def run_one(
     if finished and all(rundir.eval_done(run_dir, eval_id(ev)) for ev in evals):
         return [rundir.read_result(run_dir, eval_id(ev)) for ev in evals]
     ctx = _setup(cfg, evals, exec_cfg, t_start)  # loads data and checks every name before any file
-    rundir.ensure_writable(run_dir)
-    with rundir.lock(run_dir):
+    ctx.writer = writer_for(run_dir, ctx.dist)
+
+    def prepare() -> None:
         rundir.check_free(run_dir, rid, overwrite)
         clean_stale_tmp(run_dir, recursive=True)
         rundir.write_identity(run_dir, rid, cfg)
+
+    with ctx.writer.session(prepare):  # rank 0 locks and prepares the dir; the others wait
         try:
             source, meta = _distilled(cfg, rid, run_dir, ctx, should_stop)
             return [_evaluate(cfg, ev, run_dir, source, meta, ctx, should_stop) for ev in evals]
         except HpcddError as e:
-            _log_error(run_dir, e)
+            _log_error(ctx.writer, e)
             raise
 
 
@@ -112,8 +117,8 @@ def evaluate_run(run_dir: str | Path, ev: EvalConfig = EvalConfig(), exec_cfg: E
     if rundir.eval_done(run_dir, eval_id(ev)):
         return rundir.read_result(run_dir, eval_id(ev))
     ctx = _setup(cfg, [ev], exec_cfg, t_start)
-    with rundir.lock(run_dir):
-        clean_stale_tmp(run_dir, recursive=True)
+    ctx.writer = writer_for(run_dir, ctx.dist)
+    with ctx.writer.session(lambda: clean_stale_tmp(run_dir, recursive=True)):
         source, meta = _load_artefact(cfg, run_dir)
         return _evaluate(cfg, ev, run_dir, source, meta, ctx, should_stop)
 
@@ -134,8 +139,8 @@ def _check_identity(run_dir: Path, cfg: RunConfig) -> None:
 
 def _setup(cfg: RunConfig, evals: Sequence[EvalConfig], exec_cfg: ExecConfig, t_start: float) -> _Context:
     check_names(cfg, evals)
-    setup_process(exec_cfg.threads)
-    accelerator = make_accelerator(exec_cfg.deterministic)
+    threads = setup_process(exec_cfg.threads)
+    accelerator = make_accelerator(exec_cfg.deterministic, exec_cfg.dist_timeout_s, threads)
     prov = provenance(accelerator.device)  # the code that runs: taken now, not at the end
     data = load_dataset(cfg.dataset, root=exec_cfg.data_root, download=exec_cfg.download, im_size=cfg.im_size)
     info = data.info
@@ -153,16 +158,16 @@ def _setup(cfg: RunConfig, evals: Sequence[EvalConfig], exec_cfg: ExecConfig, t_
         sampler.check(params, method.per_class(cfg, info.num_classes), smallest)
     if method.preflight is not None:  # the method's own checks that need torch or the data
         load_impl(method.preflight)(cfg, data, exec_cfg)
-    return _Context(accelerator, data, prov, exec_cfg, t_start)
+    return _Context(accelerator, data, prov, exec_cfg, t_start, dist_of(accelerator))
 
 
-def _log_error(run_dir: Path, e: HpcddError) -> None:
+def _log_error(writer: RunWriter, e: HpcddError) -> None:
     """Record a user-facing error in log.txt (README: the log keeps errors); a non-finite loss
     logs its own line where it is found. Never masks the error itself."""
     if isinstance(e, NonFiniteLossError):
         return
     try:
-        rundir.log(run_dir, f"error: {e}")
+        writer.log(f"error: {e}")
     except OSError:
         pass
 
@@ -181,8 +186,9 @@ def slurm_ids() -> dict[str, str]:
 def _distilled(cfg: RunConfig, rid: str, run_dir: Path, ctx: _Context,
                should_stop: ShouldStop) -> tuple[Source, dict[str, Any]]:
     """The run's artefact: loaded if the distillation is done, else distilled now."""
-    if rundir.is_done(run_dir):
-        rundir.log(run_dir, "distillation done; loading its artefact")
+    out = ctx.writer
+    if ctx.dist.from_main(rundir.is_done(run_dir)):
+        out.log("distillation done; loading its artefact")
         return _load_artefact(cfg, run_dir)
     artefacts = _prerequisites(cfg, run_dir, ctx, should_stop)
     method = METHODS.get(cfg.method)
@@ -191,25 +197,26 @@ def _distilled(cfg: RunConfig, rid: str, run_dir: Path, ctx: _Context,
     distiller = load_impl(method.impl)(cfg, ctx.data.train, ctx.accelerator, sampler, artefacts)
     build_seconds = time.perf_counter() - t0  # coreset selection happens here
     if not (run_dir / rundir.CHECKPOINTS).exists():
-        rundir.log(run_dir, f"start run {rid}: {cfg.method} on {cfg.dataset}"
+        out.log(f"start run {rid}: {cfg.method} on {cfg.dataset}"
                    + (f" ipc {cfg.ipc}" if cfg.ipc else "") + f", {cfg.iterations} iterations")
     job = _WithSampler(distiller, sampler)
     quick = _quick_eval_hook(cfg, run_dir, distiller, ctx)
-    if quick is not None and not any(r.get("it") == 0 and "eval_acc" in r
-                                     for r in read_jsonl(run_dir / rundir.METRICS)):
+    if quick is not None and not ctx.dist.from_main(any(r.get("it") == 0 and "eval_acc" in r
+                                                        for r in read_jsonl(run_dir / rundir.METRICS))):
         quick(0)  # the accuracy at initialisation
     loop_seconds, _ = run_steps(job, total=cfg.iterations, run_dir=run_dir, ident=rid, exec_cfg=ctx.exec_cfg,
-                                should_stop=should_stop, desc=f"{cfg.method} {rid}", after_step=quick)
+                                should_stop=should_stop, desc=f"{cfg.method} {rid}", after_step=quick,
+                                writer=out)
     source = distiller.source()
     meta = {"run_id": rid, "info": dataclasses.asdict(ctx.data.info), "output": method.output}
-    _check_finite(source, run_dir)
-    atomic_torch_save(rundir.artefact_path(run_dir, method.output), {**source.state_dict(), **meta})
+    _check_finite(source, run_dir, out)
+    out.torch(rundir.artefact_path(run_dir, method.output), {**source.state_dict(), **meta})
     seconds = build_seconds + loop_seconds
     timing = {"distill_seconds": round(seconds, 3), "iterations_done": cfg.iterations,
               "match_seconds": round(loop_seconds - sampler.seconds(), 3),  # the loop minus sampling
               "sampler": sampler.info(), "method_info": distiller.info(), "finished_at": now_utc()}
-    atomic_write_json(run_dir / rundir.DONE, {"run_id": rid, **timing})
-    rundir.log(run_dir, f"distillation finished in {seconds:.1f}s; {rundir.ARTEFACT_FILES[method.output]} written")
+    out.json(run_dir / rundir.DONE, {"run_id": rid, **timing})
+    out.log(f"distillation finished in {seconds:.1f}s; {rundir.ARTEFACT_FILES[method.output]} written")
     return source, {**meta, **timing}
 
 
@@ -230,13 +237,13 @@ class _WithSampler:
         self.sampler.load_state_dict(state["sampler"])
 
 
-def _check_finite(source: Source, run_dir: Path) -> None:
+def _check_finite(source: Source, run_dir: Path, out: RunWriter) -> None:
     bad = [k for k, v in source.state_dict().items()
            if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         msg = (f"the distilled artefact contains NaN/Inf ({', '.join(bad)}); not saved "
                f"(checkpoints kept in {run_dir / rundir.CHECKPOINTS})")
-        rundir.log(run_dir, msg)
+        out.log(msg)
         raise NonFiniteLossError(msg)
 
 
@@ -258,16 +265,16 @@ def _prerequisites(cfg: RunConfig, run_dir: Path, ctx: _Context, should_stop: Sh
     if not refs:
         return {}
     missing = [r for r in refs if not rundir.is_done(prereq.ref_dir(r, ctx.exec_cfg))]
-    if missing:  # each then prints its own steps and a time estimate (prereq.CostReport)
+    if missing and ctx.dist.is_main:  # each then prints its own steps and a time estimate (prereq.CostReport)
         kinds = sorted({r.kind for r in missing})
         print(f"hpcdd: {cfg.method} needs {len(refs)} prerequisite(s) ({', '.join(kinds)}); "
               f"{len(missing)} to build first", file=sys.stderr, flush=True)
     dirs: dict[str, Path] = {}
     for ref in refs:
         dirs[ref.role or ref.kind] = prereq.build(ref, ctx.exec_cfg, accelerator=ctx.accelerator,
-                                                  should_stop=should_stop)
-        rundir.log(run_dir, f"prerequisite {ref.kind} {prereq_id(ref)}: {dirs[ref.role or ref.kind]}")
-    atomic_write_json(run_dir / rundir.PREREQS, {role: str(p) for role, p in dirs.items()})
+                                                  should_stop=should_stop, dist=ctx.dist)
+        ctx.writer.log(f"prerequisite {ref.kind} {prereq_id(ref)}: {dirs[ref.role or ref.kind]}")
+    ctx.writer.json(run_dir / rundir.PREREQS, {role: str(p) for role, p in dirs.items()})
     return dirs
 
 
@@ -293,9 +300,9 @@ def _quick_eval_hook(cfg: RunConfig, run_dir: Path, distiller: Any, ctx: _Contex
                               ipc=None, device=ctx.accelerator.device, purpose=f"quick-{done}",
                               progress=False, ensemble=ctx.exec_cfg.eval_ensemble,
                               ensemble_max=ctx.exec_cfg.eval_ensemble_max)[model]
-        append_line(run_dir / rundir.METRICS, json.dumps(
+        ctx.writer.metric(
             {"it": done, "eval_acc": res["acc_mean"], "eval_accs": res["accs"], "eval_model": model,
-             "eval_epochs": 100, "eval_seconds": round(time.perf_counter() - t0, 3)}))
+             "eval_epochs": 100, "eval_seconds": round(time.perf_counter() - t0, 3)})
 
     return hook
 
@@ -319,30 +326,31 @@ def quick_eval_points(total: int, every: int, points: int, at: Sequence[int] = (
 def _evaluate(cfg: RunConfig, ev: EvalConfig, run_dir: Path, source: Source, meta: dict[str, Any],
               ctx: _Context, should_stop: ShouldStop) -> dict[str, Any]:
     eid = eval_id(ev)
-    out = rundir.eval_dir(run_dir, eid)
-    if rundir.eval_done(run_dir, eid):
+    out, writer = rundir.eval_dir(run_dir, eid), ctx.writer
+    if ctx.dist.from_main(rundir.eval_done(run_dir, eid)):
         return rundir.read_result(run_dir, eid)
     ipc = effective_ipc(cfg, ev)
     where = str(rundir.artefact_path(run_dir, meta["output"]))
     check_synset(source.sample(ipc, generator(cfg.seed, "check")), ctx.data.info, where, ipc=ipc)  # before any file
-    out.mkdir(parents=True, exist_ok=True)
+    writer.mkdir(out)
     if not (out / rundir.CONFIG).exists():
-        atomic_write_yaml(out / rundir.CONFIG, to_dict(ev))
-    finished = _finished_models(run_dir, eid, ev)
+        writer.yaml(out / rundir.CONFIG, to_dict(ev))
+    finished = ctx.dist.from_main(_finished_models(run_dir, eid, ev))
     if finished:
-        rundir.log(run_dir, f"evaluation {eid}: resuming with {len(finished)} model(s) already done")
+        writer.log(f"evaluation {eid}: resuming with {len(finished)} model(s) already done")
     t0 = time.perf_counter()
 
     def saved(arch: str, k: int, acc: float) -> None:
-        atomic_write_json(rundir.model_file(run_dir, eid, arch, k),
-                          {"arch": arch, "k": k, "acc": acc, "finished_at": now_utc()})
-        rundir.log(run_dir, f"evaluation {eid}: {arch} model {k + 1}/{ev.n} acc {acc:.4f}")
+        writer.json(rundir.model_file(run_dir, eid, arch, k),
+                    {"arch": arch, "k": k, "acc": acc, "finished_at": now_utc()})
+        writer.log(f"evaluation {eid}: {arch} model {k + 1}/{ev.n} acc {acc:.4f}")
 
-    per_arch = evaluate_source(
-        source, ctx.data.test, ctx.data.info, ev, seed=cfg.seed, dataset=cfg.dataset, ipc=ipc,
-        device=ctx.accelerator.device, finished=finished, on_model=saved, progress=ctx.exec_cfg.progress,
-        should_stop=should_stop, where=where, ensemble=ctx.exec_cfg.eval_ensemble,
-        ensemble_max=ctx.exec_cfg.eval_ensemble_max, log=lambda msg: rundir.log(run_dir, f"evaluation {eid}: {msg}"))
+    per_arch = evaluate_spread(
+        source, ctx.data.test, ctx.data.info, ev, dist=ctx.dist, seed=cfg.seed, dataset=cfg.dataset, ipc=ipc,
+        device=ctx.accelerator.device, finished=finished, on_model=saved,
+        progress=ctx.exec_cfg.progress and ctx.dist.is_main, should_stop=should_stop, where=where,
+        ensemble=ctx.exec_cfg.eval_ensemble, ensemble_max=ctx.exec_cfg.eval_ensemble_max,
+        log=lambda msg: writer.log(f"evaluation {eid}: {msg}"))
     row = {
         "run_id": run_id(cfg), "eval_id": eid, "protocol": ev.protocol, **flat_run(cfg), "ipc": ipc,
         **eval_flat(ev), **flat_metrics(per_arch),
@@ -353,9 +361,9 @@ def _evaluate(cfg: RunConfig, ev: EvalConfig, run_dir: Path, source: Source, met
         "iterations_done": meta.get("iterations_done"), **_sampler_columns(meta), **_method_columns(meta),
         **slurm_ids(), **ctx.prov, "finished_at": now_utc(),
     }
-    atomic_write_json(out / rundir.RESULT, row)
-    rundir.mark_done(out, eid)
-    rundir.log(run_dir, f"evaluation {eid} done: {ev.protocol} acc {row['acc_mean']:.4f} +- {row['acc_std']:.4f}")
+    writer.json(out / rundir.RESULT, row)
+    writer.mark_done(out, eid)
+    writer.log(f"evaluation {eid} done: {ev.protocol} acc {row['acc_mean']:.4f} +- {row['acc_std']:.4f}")
     return row
 
 

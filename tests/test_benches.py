@@ -406,3 +406,16 @@ def test_bench_ensemble_runs(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert pd.read_csv(equiv)["max_diff_points"].between(0, 1).all()  # 1 epoch: rounding at most
+
+
+def test_bench_scaling_runs(tmp_path):
+    """1 and 2 real processes and the one-process split, on digits (the committed rows: Fashion-MNIST)."""
+    out = tmp_path / "scaling.csv"
+    for extra in (["--layouts", "1x1,2x1"], ["--split"]):
+        proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_scaling.py"), "--dataset", "digits",
+                               "--ipc", "1", "--iters", "1", "--warmup", "0", "--out", str(out), *extra],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+    rows = pd.read_csv(out)
+    assert list(rows["layout"]) == ["1x1", "2x1", "split"] and (rows["sec_per_iter"] > 0).all()
+    assert rows["sec_sampling_aug"].iloc[-1] > 0 and rows["sec_matching"].iloc[-1] > 0

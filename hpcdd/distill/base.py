@@ -19,7 +19,9 @@ from hpcdd.augment import DSA
 from hpcdd.config import RunConfig, from_dict
 from hpcdd.data import ClassBank
 from hpcdd.distill.common import class_labels, initial_images
-from hpcdd.nets.embed import REAL_CHUNK
+from hpcdd.nets.embed import REAL_CHUNK, has_batchnorm
+from hpcdd.runtime.dist import dist_of
+from hpcdd.seeding import fresh_net
 from hpcdd.specs import METHODS
 
 
@@ -78,6 +80,13 @@ class ImageDistiller(Distiller):
     :meth:`setup_images` and :meth:`batches` are the set-up and the per-class siamese batches that
     DM, DC and DSA share; a subclass calls ``setup_images()`` in its ``__init__`` (or builds the
     three attributes itself).
+
+    Several processes: each rank matches its block of ``classes`` (:meth:`Dist.shard`) and the
+    image gradient and the loss are summed over ranks (:meth:`shared`), so every rank takes the
+    same step on the same full image set. Each rank draws every class's sampler indices and
+    augmentation, as one process does, but loads and uses only its own classes' images. A net
+    with BatchNorm mixes the classes in its batch statistics, so there every rank matches all the
+    classes (replicated, no gradient sum). One process: ``classes`` is every class, no sum.
     """
 
     images: torch.Tensor
@@ -99,23 +108,38 @@ class ImageDistiller(Distiller):
         self.labels = class_labels(self.num_classes, cfg.ipc)
         self.optimizer = torch.optim.SGD([self.images], lr=p.lr_img, momentum=p.momentum_img)
         self.dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
+        self.dist = dist_of(self.accelerator)
+        self.sharded = self.dist.several and not has_batchnorm(fresh_net(cfg.net, self.data.info, cfg.seed, "probe"))
+        self.classes = (self.dist.shard(self.num_classes, f"classes of {cfg.dataset}") if self.sharded
+                        else range(self.num_classes))
+        """The classes this process matches (all of them in one process)."""
+        if self.sharded:
+            self.sampler.shard(self.dist, self.classes)
 
     def batches(self, net: nn.Module, gen: torch.Generator) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per class: the real batch the sampler picks for ``net`` (``cfg.batch_real`` images, all
-        classes in one ``batch_indices`` call) and the class's synthetic images, with one siamese
-        DSA draw from ``gen`` per class applied to both when DSA is on."""
+        """Per class of ``self.classes``: the real batch the sampler picks for ``net``
+        (``cfg.batch_real`` images, all classes in one ``batch_indices`` call) and the class's
+        synthetic images, with one siamese DSA draw from ``gen`` per class applied to both when DSA
+        is on. Indices and draws are made for every class, in order, whichever are kept."""
         cfg, ipc = self.cfg, self.cfg.ipc
         chosen = self.sampler.batch_indices(range(self.num_classes), cfg.batch_real, net=net)
         real, syn = [], []
         for c, idx in enumerate(chosen):
+            draw = self.dsa.draw(1, gen, batchmode=True, im_size=self.images.shape[-1]) if self.dsa else None
+            if c not in self.classes:
+                continue
             r = self.data.images(idx).to(self.device)
             s = self.images[c * ipc : (c + 1) * ipc]
-            if self.dsa is not None:
-                draw = self.dsa.draw(1, gen, batchmode=True, im_size=r.shape[-1])
+            if draw is not None:
                 r, s = self.dsa.apply(r, draw), self.dsa.apply(s, draw)
             real.append(r)
             syn.append(s)
         return real, syn
+
+    def shared(self, value: torch.Tensor) -> torch.Tensor:
+        """``value`` (this rank's loss or image gradient) summed over the ranks that share the
+        classes; ``value`` itself (no copy, no collective) when the classes are not sharded."""
+        return self.dist.sum_(value.detach().clone()) if self.sharded else value
 
     def state_dict(self) -> dict[str, Any]:
         return {"images": self.images.detach().cpu().clone(), "optimizer": self.optimizer.state_dict()}

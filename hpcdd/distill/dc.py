@@ -113,12 +113,12 @@ class DC(ImageDistiller):
                 self.bn_statistics(net, gens["bn"])
             real, syn = self.batches(net, gens["dsa"])
             loss = self.match(net, real, syn)
-            losses.append(float(loss.item()))
+            losses.append(float(self.shared(loss).item()))  # every class's share
             if not math.isfinite(losses[-1]):
                 return {"loss": losses[-1]}  # run.py stops on a non-finite loss
             (grad,) = torch.autograd.grad(loss, self.images)
             self.optimizer.zero_grad(set_to_none=True)
-            self.images.grad = grad
+            self.images.grad = self.shared(grad)  # the other ranks' classes' gradients
             self.optimizer.step()
             if ol == self.outer_loop - 1:
                 break
@@ -150,10 +150,11 @@ class DC(ImageDistiller):
         return match_loss(gw_syn, gw_real, self.params.dis_metric, batch_dims=1)
 
     def real_grads(self, net: nn.Module, real: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per parameter, ``(C, *shape)``: each class's mean cross-entropy gradient, no graph."""
+        """Per parameter, ``(C, *shape)``: each class's mean cross-entropy gradient, no graph (the
+        classes are ``self.classes``, in order)."""
         params = [q for q in net.parameters()]
         per_class = []
-        for c, x in enumerate(real):
+        for c, x in zip(self.classes, real):
             acc: list[torch.Tensor] | None = None
             for start in range(0, len(x), self.real_chunk):
                 xb = x[start : start + self.real_chunk]
@@ -170,7 +171,7 @@ class DC(ImageDistiller):
         """The official per-class double-backward loop (the reference for the batched pass)."""
         params = [q for q in net.parameters()]
         per_class = []
-        for c, s in enumerate(syn):
+        for c, s in zip(self.classes, syn):
             target = torch.full((len(s),), c, dtype=torch.long, device=self.device)
             loss = F.cross_entropy(net(s), target)
             per_class.append(torch.autograd.grad(loss, params, create_graph=True))
@@ -188,7 +189,7 @@ class DC(ImageDistiller):
         params = {n: q.detach() for n, q in net.named_parameters()}
         buffers = dict(net.named_buffers())
         x = torch.stack(syn)
-        y = torch.arange(len(syn), device=self.device).view(-1, 1).expand(len(syn), x.shape[1])
+        y = torch.tensor(list(self.classes), device=self.device).view(-1, 1).expand(len(syn), x.shape[1])
 
         def loss_fn(p: dict[str, torch.Tensor], xc: torch.Tensor, yc: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(functional_call(net, (p, buffers), (xc,)), yc)

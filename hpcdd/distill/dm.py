@@ -42,12 +42,14 @@ class DM(ImageDistiller):
             p.requires_grad_(False)
         real, syn = self.batches(net, generator(cfg.seed, f"dm-dsa-{it}"))
         loss = self.loss(net, real, syn)
-        if not torch.isfinite(loss):
-            return {"loss": float(loss.item())}  # run.py stops on a non-finite loss
+        total = self.shared(loss)  # every class's share (one process: the loss itself)
+        if not torch.isfinite(total):
+            return {"loss": float(total.item())}  # run.py stops on a non-finite loss
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.images.grad = self.shared(self.images.grad)  # the other ranks' classes' gradients
         self.optimizer.step()
-        return {"loss": float(loss.item())}
+        return {"loss": float(total.item())}
 
     def loss(self, net, real: list[torch.Tensor], syn: list[torch.Tensor]) -> torch.Tensor:
         """Sum over classes of the squared distance between mean embeddings."""
@@ -57,7 +59,7 @@ class DM(ImageDistiller):
         emb = embed_nograd(net, real_all, chunk, self.cfg.precision)
         mean_real = torch.stack([e.mean(0) for e in emb.split(sizes)])
         emb_syn = net.embed(torch.cat(syn))
-        mean_syn = emb_syn.view(self.num_classes, -1, emb_syn.shape[-1]).mean(1)
+        mean_syn = emb_syn.view(len(syn), -1, emb_syn.shape[-1]).mean(1)
         return ((mean_real - mean_syn) ** 2).sum()
 
     def loss_per_class(self, net, real: list[torch.Tensor], syn: list[torch.Tensor]) -> torch.Tensor:

@@ -10,8 +10,9 @@ betas (0, 0.9) for both.
 
 ``precision="bf16"`` runs the generator and critic forwards (and the gradient penalty's double
 backward) under CPU/GPU bf16 autocast; parameters, optimiser states and the matching terms stay
-fp32. :func:`gan_step` holds no process or rank logic: a data-parallel wrapper (issue 21) can
-wrap ``G`` and ``D`` and call it unchanged.
+fp32. With several processes :func:`gan_step` takes a :class:`hpcdd.generative.parallel.Shard`: the
+batch given is this rank's slice, the draws are made for the whole batch, and the gradients and
+metrics are averaged over the ranks.
 """
 
 from __future__ import annotations
@@ -62,14 +63,17 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 def gan_step(G, D, opt_g, opt_d, real, labels, *, num_classes: int, gp_lambda: float, aux_weight: float,
              gen: torch.Generator, extra_g_loss: ExtraLoss | None = None,
-             precision: str = "fp32") -> dict[str, float]:
+             precision: str = "fp32", shard: Any = None) -> dict[str, float]:
     """One generator update then one critic update on a real batch in [-1, 1] (DiM's order).
 
     ``extra_g_loss(fake) -> (loss, metrics)`` adds stage 2's matching terms to the generator's
-    loss, on the same fakes (handed over in fp32, outside autocast).
+    loss, on the same fakes (handed over in fp32, outside autocast). ``shard``: ``real`` and
+    ``labels`` are this rank's slice of the batch (:mod:`hpcdd.generative.parallel`).
     """
     device = real.device
-    z = sample_noise(len(labels), G.nz, gen).to(device)
+    n = len(labels) if shard is None else shard.batch
+    take = (lambda t: t) if shard is None else shard.take
+    z = take(sample_noise(n, G.nz, gen)).to(device)
     with autocast(device, precision):
         fake = G(z, labels)
         with frozen(D):
@@ -80,20 +84,24 @@ def gan_step(G, D, opt_g, opt_d, real, labels, *, num_classes: int, gp_lambda: f
         metrics.update(more)
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
+    if shard is not None:
+        shard.average_grads(G)
     opt_g.step()
-    z = sample_noise(len(labels), G.nz, gen).to(device)
-    fake_labels = torch.randint(num_classes, (len(labels),), generator=gen).to(device)
+    z = take(sample_noise(n, G.nz, gen)).to(device)
+    fake_labels = take(torch.randint(num_classes, (n,), generator=gen)).to(device)
     with autocast(device, precision):
         with torch.no_grad():
             fake = G(z, fake_labels)
         loss_d, more = d_loss(D, real, fake, labels, gp_lambda=gp_lambda, aux_weight=aux_weight, generator=gen,
-                              fake_labels=fake_labels)
+                              fake_labels=fake_labels, rows=None if shard is None else (n, shard.part))
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
+    if shard is not None:
+        shard.average_grads(D)
     opt_d.step()
     metrics.update(more)
     metrics["loss"] = metrics["g_loss"] + metrics["d_loss"]  # NaN in either stops the run
-    return metrics
+    return metrics if shard is None else shard.average(metrics)
 
 
 def gan_state(job: Any) -> dict[str, Any]:

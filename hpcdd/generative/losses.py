@@ -108,6 +108,7 @@ def gradient_penalty(
     generator: torch.Generator,
     *,
     labels: torch.Tensor | None = None,
+    rows: tuple[int, slice] | None = None,
 ) -> torch.Tensor:
     """WGAN-GP (Gulrajani et al., 2017, eq. 3), without the lambda:
 
@@ -115,9 +116,13 @@ def gradient_penalty(
     sample (shared by all pixels), drawn from ``generator`` (its own device, then moved).
     ``real`` and ``fake`` are detached; the result is differentiable in ``D``'s parameters
     (``create_graph=True``). ``labels`` (the real batch's) are passed to ``D`` when given,
-    for a projection critic; without them ``D`` is called with the images alone.
+    for a projection critic; without them ``D`` is called with the images alone. ``rows =
+    (batch, part)``: ``real`` and ``fake`` are the rows ``part`` of a ``batch``-row batch (one rank's
+    share, :mod:`hpcdd.generative.parallel`); the weights are drawn for the whole batch and sliced.
     """
-    alpha = torch.rand(real.shape[0], generator=generator, device=generator.device)
+    alpha = torch.rand(real.shape[0] if rows is None else rows[0], generator=generator, device=generator.device)
+    if rows is not None:
+        alpha = alpha[rows[1]]
     alpha = alpha.to(device=real.device, dtype=real.dtype).view(-1, *([1] * (real.dim() - 1)))
     x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
     critic, _ = D(x_hat, labels) if labels is not None else D(x_hat)
@@ -136,6 +141,7 @@ def d_loss(
     generator: torch.Generator,
     fake_labels: torch.Tensor | None = None,
     fake_aux: bool = True,
+    rows: tuple[int, slice] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Critic loss of DiM's pretraining (WGAN-GP + ACGAN):
 
@@ -155,7 +161,7 @@ def d_loss(
     both_labels = torch.cat([labels, fake_labels])
     critic, logits = D(both, both_labels)
     wasserstein = critic[:n].mean() - critic[n:].mean()
-    gp = gradient_penalty(D, real, fake, generator, labels=labels)
+    gp = gradient_penalty(D, real, fake, generator, labels=labels, rows=rows)
     aux_real = F.cross_entropy(logits[:n], labels)
     aux_fake = F.cross_entropy(logits[n:], fake_labels)
     loss = -wasserstein + gp_lambda * gp + aux_weight * (aux_real + (aux_fake if fake_aux else 0.0))

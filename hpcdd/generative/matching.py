@@ -35,7 +35,11 @@ from hpcdd.augment import DSA
 from hpcdd.distill.base import Distiller
 from hpcdd.generative.gan import gan_state, gan_step, generator_source, load_gan, load_gan_state
 from hpcdd.generative.losses import from_normalized, frozen, global_logit_loss, local_feature_loss, to_normalized
+from hpcdd.generative.parallel import Shard, sync_batchnorm
 from hpcdd.generative.pool import PoolModel, logits_and_features
+from hpcdd.nets import build as build_net
+from hpcdd.nets.embed import has_batchnorm
+from hpcdd.runtime.dist import dist_of
 from hpcdd.seeding import generator
 from hpcdd.specs.generative import pool_models, real_per_class
 
@@ -58,6 +62,22 @@ class GenerativeDistiller(Distiller):
         self.aug = DSA(p.match_aug, chain=True)
         self.gen = generator(cfg.seed, "generative")
         self.seconds = {"pool": 0.0, "gan": 0.0, "steps": 0}
+        self.shard = self._shard(batch)
+
+    def _shard(self, batch: int) -> Shard | None:
+        """Several processes: each rank's share of every batch is a block of whole classes (the
+        batch is class-major), its generator's BatchNorm synchronised, its sampler told its
+        classes. A pool with BatchNorm nets (their train-mode statistics would be the slice's) runs
+        replicated instead, as one process on every rank."""
+        dist, info = dist_of(self.accelerator), self.data.info
+        pool = pool_models(self.params.pool, info.im_size)
+        if not dist.several or any(has_batchnorm(build_net(a, info.channels, info.num_classes, info.im_size))
+                                   for a in pool):
+            return None
+        classes = dist.shard(info.num_classes, f"classes of {self.cfg.dataset}")
+        self.sampler.shard(dist, classes)
+        self.G = sync_batchnorm(self.G, self.device.type == "cuda")
+        return Shard(dist, batch)
 
     def step(self, it: int) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -77,6 +97,8 @@ class GenerativeDistiller(Distiller):
         """The generator step with the matching terms, then the critic step."""
         p, info = self.params, self.data.info
         idx = torch.cat(self.sampler.batch_indices(range(info.num_classes), self.per_class, net=model))
+        if self.shard is not None:  # this rank's classes (the batch is class-major)
+            idx = self.shard.take(idx)
         real = self.data.images(idx).to(self.device)
         labels = self.data.labels[idx].to(self.device)
         layer = p.layer_of(self.pool.arch) if p.lambda_local > 0 else None
@@ -101,7 +123,7 @@ class GenerativeDistiller(Distiller):
         return gan_step(self.G, self.D, self.opt_g, self.opt_d, from_normalized(real, info.mean, info.std), labels,
                         num_classes=info.num_classes, gp_lambda=self.gan_cfg.gp_lambda,
                         aux_weight=self.gan_cfg.aux_weight, gen=self.gen, extra_g_loss=matching,
-                        precision=p.gan_precision)
+                        precision=p.gan_precision, shard=self.shard)
 
     def state_dict(self) -> dict[str, Any]:
         return {**gan_state(self), "pool": self.pool.state_dict(), "seconds": dict(self.seconds)}

@@ -22,7 +22,9 @@ from hpcdd.generative.gan import ARTEFACT, build_gan, gan_state, gan_step, gener
 from hpcdd.generative.losses import from_normalized
 from hpcdd.generative.nets import class_major_labels, generate
 from hpcdd.imagegrid import save_image_grid
+from hpcdd.generative.parallel import shard_for, sync_batchnorm
 from hpcdd.io import atomic_torch_save
+from hpcdd.runtime.dist import dist_of
 from hpcdd.prereq import PrereqJob
 from hpcdd.rundir import log
 from hpcdd.seeding import generator
@@ -47,6 +49,10 @@ class GanPretrain(PrereqJob):
             raise ValueError(f"gan batch {config.batch} exceeds the {len(self.bank)} training images")
         self.G, self.D, self.opt_g, self.opt_d = build_gan(config, self.info, self.device)
         self.gen = generator(config.seed, "gan-noise")
+        self.shard = shard_for(dist_of(accelerator), config.batch, "gan batch")
+        """Several processes: this rank's slice of every batch, the generator's BatchNorm synced."""
+        if self.shard is not None:
+            self.G = sync_batchnorm(self.G, self.device.type == "cuda")
         self.no_grids = False
 
     @property
@@ -57,6 +63,8 @@ class GanPretrain(PrereqJob):
         epoch, k = divmod(it, self.per_epoch)
         order = torch.randperm(len(self.bank), generator=generator(self.config.seed, f"gan-epoch-{epoch}"))
         idx = order[k * self.config.batch : (k + 1) * self.config.batch]
+        if self.shard is not None:
+            idx = self.shard.take(idx)
         real = from_normalized(self.bank.images(idx), self.info.mean, self.info.std)
         return real.to(self.device), self.bank.labels[idx].to(self.device)
 
@@ -65,7 +73,7 @@ class GanPretrain(PrereqJob):
         self.G.train()
         return gan_step(self.G, self.D, self.opt_g, self.opt_d, real, labels, num_classes=self.info.num_classes,
                         gp_lambda=self.config.gp_lambda, aux_weight=self.config.aux_weight, gen=self.gen,
-                        precision=self.config.precision)
+                        precision=self.config.precision, shard=self.shard)
 
     def state_dict(self) -> dict[str, Any]:
         return gan_state(self)

@@ -10,7 +10,6 @@ disk are never touched by it.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -19,12 +18,12 @@ from typing import Any, Callable, Protocol
 import torch
 
 from hpcdd.config import ExecConfig
-from hpcdd.errors import NonFiniteLossError
-from hpcdd.io import append_line, atomic_write_text, read_jsonl
-from hpcdd.rundir import CHECKPOINTS, METRICS, log
-from hpcdd.runtime.checkpoint import checkpoint_files, load_latest, save_checkpoint, warn_line
+from hpcdd.errors import CheckpointError, NonFiniteLossError
+from hpcdd.rundir import CHECKPOINTS
+from hpcdd.runtime.checkpoint import checkpoint_files, load_latest, warn_line
 from hpcdd.runtime.preempt import Interrupted
 from hpcdd.runtime.progress import progress
+from hpcdd.runtime.writer import RunWriter, truncate_metrics
 
 
 class Steppable(Protocol):
@@ -45,38 +44,49 @@ def run_steps(
     should_stop: Callable[[], bool] | None = None,
     desc: str = "",
     after_step: Callable[[int], None] | None = None,
+    writer: RunWriter | None = None,
 ) -> tuple[float, int]:
     """Step ``job`` from its newest checkpoint to ``total``; returns (seconds, start iteration).
 
     ``after_step(done_iterations)`` runs after each step's metrics are logged (quick evals).
-    ``seconds`` counts the compute time of every attempt, carried across resumes.
+    ``seconds`` counts the compute time of every attempt, carried across resumes. Files are
+    written through ``writer`` (default: a :class:`RunWriter` of ``run_dir`` for one process).
+    With several processes every rank restores the same checkpoint, and the stop request is
+    shared at each step boundary, so all ranks checkpoint (rank 0 writes) after the same step.
     """
+    writer = writer if writer is not None else RunWriter(run_dir)
+    dist = writer.dist
     ckpt_dir = run_dir / CHECKPOINTS
-    metrics_path = run_dir / METRICS
+
     def warn(msg: str) -> None:
-        log(run_dir, f"warning: {msg}")
-        warn_line(msg)
+        writer.log(f"warning: {msg}")
+        if dist.is_main:
+            warn_line(msg)
 
     state = load_latest(ckpt_dir, ident, restore=lambda s: _restore(job, s), warn=warn)
     start, elapsed = 0, 0.0
     if state is not None:
         start, elapsed = int(state["it"]), float(state["seconds"])
-    truncate_metrics(metrics_path, start)  # rows of an attempt that left no checkpoint: redone
+    if dist.several and dist.from_main(start) != start:  # every rank read the same files
+        raise CheckpointError(f"rank {dist.rank} resumed at iteration {start}, rank 0 at another; "
+                              f"is {ckpt_dir} on a file system every rank sees?")
+    writer.truncate_metrics(start)  # rows of an attempt that left no checkpoint: redone
     if state is not None:
-        log(run_dir, f"resumed at iteration {start}")
-        append_line(metrics_path, json.dumps({"event": "resume", "it": start}))
+        writer.log(f"resumed at iteration {start}")
+        writer.metric({"event": "resume", "it": start})
     t0 = time.perf_counter() - elapsed
     last_save = time.monotonic()
 
     def checkpoint(done: int) -> None:
         nonlocal last_save
-        save_checkpoint(ckpt_dir, done, {"run_id": ident, "job": job.state_dict(),
-                                         "torch_rng": torch.get_rng_state(),
-                                         "seconds": time.perf_counter() - t0})
+        if writer.writes:
+            writer.checkpoint(ckpt_dir, done, {"run_id": ident, "job": job.state_dict(),
+                                               "torch_rng": torch.get_rng_state(),
+                                               "seconds": time.perf_counter() - t0})
         last_save = time.monotonic()
-        log(run_dir, f"checkpoint at iteration {done}")
+        writer.log(f"checkpoint at iteration {done}")
 
-    bar = progress(start, total, desc=desc, enabled=exec_cfg.progress)
+    bar = progress(start, total, desc=desc, enabled=exec_cfg.progress and dist.is_main)
     for it in bar:
         metrics = job.step(it)
         loss = metrics.get("loss", 0.0)
@@ -85,22 +95,22 @@ def run_steps(
             where = (f"the last good checkpoint (iteration {kept[0][0]}) is kept in {ckpt_dir}" if kept
                      else "no checkpoint had been written yet")
             msg = f"non-finite loss ({loss}) at iteration {it}; {where}"
-            log(run_dir, msg)
+            writer.log(msg)
             raise NonFiniteLossError(msg)
-        append_line(metrics_path, json.dumps({"it": it, **metrics}))
+        writer.metric({"it": it, **metrics})
         bar.set_postfix(loss=f"{loss:.4g}")
         done = it + 1
         if after_step is not None:  # quick evals: not counted as distillation time
             spent = time.perf_counter()
             after_step(done)
             t0 += time.perf_counter() - spent
-        stop = should_stop is not None and should_stop()
+        stop = dist.any(should_stop is not None and should_stop())  # a signal seen by any rank
         due = done % exec_cfg.checkpoint_every == 0 or (
             time.monotonic() - last_save >= 60 * exec_cfg.checkpoint_minutes)
         if (stop or due) and done < total:
             checkpoint(done)
         if stop and done < total:
-            log(run_dir, f"stopping after iteration {done} (preemption/timeout)")
+            writer.log(f"stopping after iteration {done} (preemption/timeout)")
             raise Interrupted(done)
     return time.perf_counter() - t0, start
 
@@ -108,26 +118,6 @@ def run_steps(
 def _restore(job: Steppable, state: dict[str, Any]) -> None:
     job.load_state_dict(state["job"])
     torch.set_rng_state(state["torch_rng"])
-
-
-def truncate_metrics(path: Path, start: int) -> None:
-    """Drop metric rows logged after the checkpoint we resume from (they will be redone).
-
-    Loss rows carry the iteration index (``it < start`` were done); eval rows carry the number
-    of completed iterations (``it <= start`` were done). Unreadable lines are dropped.
-    """
-    if not path.exists():
-        return
-    rows = [r for r in read_jsonl(path) if _kept(r, start)]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _kept(row: dict[str, Any], start: int) -> bool:
-    try:
-        it = int(row.get("it", 0))
-    except (TypeError, ValueError):
-        return False
-    return it < start or ("eval_acc" in row and it == start)
 
 
 __all__ = ["Steppable", "run_steps", "truncate_metrics"]

@@ -100,6 +100,8 @@ class DreamSampler(Sampler):
         self.base_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
         self._slots: dict[tuple[int, int], _Slot] = {}
         self._checked: set[int] = set()
+        self._dist: Any = None
+        self._mine: Sequence[int] | None = None  # several processes: the classes this rank clusters
         self.stats: dict[str, Any] = {
             "reclusterings": 0, "subsampled": False, "candidates_per_class": 0, "pool_size": 0,
             "duplicates": 0, "kmeans_backend": "", "kmeans_iterations": 0,
@@ -142,6 +144,11 @@ class DreamSampler(Sampler):
             out.append(slot.indices.clone())
         return out
 
+    def shard(self, dist: Any, classes: Sequence[int]) -> None:
+        """Cluster only ``classes`` on this rank; the selections (and counters) of every rank's
+        classes are all-gathered after each clustering, so every rank's state is complete."""
+        self._dist, self._mine = dist, classes
+
     def _slot(self, c: int, n: int) -> _Slot:
         return self._slots.setdefault((c, n), _Slot())
 
@@ -157,6 +164,30 @@ class DreamSampler(Sampler):
             raise ConfigError(f"sampler dream: no class {bad[0]} in {self.bank.info.name}")
 
     def _recluster(self, due: list[int], n: int, net: nn.Module) -> None:
+        """Cluster the due classes; several processes: this rank's share, then every rank's
+        selections and counters are gathered (seconds: the slowest rank's, as they run at once)."""
+        if self._mine is None:
+            self._cluster(due, n, net)
+            return
+        mine = [c for c in due if c in self._mine]
+        before = dict(self.stats)
+        if mine:
+            self._cluster(mine, n, net)
+        shared = self._dist.gather(({c: self._slots[(c, n)].indices for c in mine}, dict(self.stats)))
+        st = self.stats = dict(before)
+        for picked, after in shared:
+            for c, idx in picked.items():
+                self._slots[(c, n)].indices = idx
+            for key in ("reclusterings", "duplicates", "kmeans_iterations"):
+                st[key] += after[key] - before[key]
+            for key in ("candidates_per_class", "pool_size"):
+                st[key] = max(st[key], after[key])
+            st["subsampled"] = st["subsampled"] or after["subsampled"]
+            st["kmeans_backend"] = after["kmeans_backend"] or st["kmeans_backend"]
+        for key in ("embed_seconds", "kmeans_seconds"):
+            st[key] = before[key] + max(after[key] - before[key] for _, after in shared)
+
+    def _cluster(self, due: list[int], n: int, net: nn.Module) -> None:
         p = self.params
         rounds = [self._slots[(c, n)].calls // p.interval for c in due]
         cands = [_positions(len(self.bank.class_indices[c]), self.candidate_indices(c, n, r))

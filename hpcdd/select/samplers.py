@@ -41,6 +41,13 @@ class Sampler(ABC):
         can work on all classes at once (DREAM's batched k-means) overrides this."""
         return [self.indices(c, n, net) for c in classes]
 
+    def shard(self, dist: Any, classes: Sequence[int]) -> None:
+        """Several processes whose distiller matches only ``classes`` on this rank: a sampler that
+        does per-class work (DREAM's clustering) may do only these classes' and share the result
+        through ``dist`` (:class:`hpcdd.runtime.dist.Dist`), so that ``batch_indices`` still
+        returns every class and the state stays complete. Random draws need nothing: every rank
+        draws every class, as one process does."""
+
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
 

@@ -58,6 +58,14 @@ class SlurmSpec:
     """Slurm partition (None: the cluster's default partition)."""
     gpus_per_task: int | None = None
     """GPUs per task (None: none requested)."""
+    tasks_per_node: int = 1
+    """Processes per node of one run (> 1: a multi-process run, one process per GPU; README
+    'Multi-process runs'). Every task of the array gets this many."""
+    nodes: int = 1
+    """Nodes per run (a multi-node run: nodes x tasks_per_node processes)."""
+    gpus_per_node: int | None = None
+    """GPUs per node of one run (with tasks_per_node > 1 it must equal tasks_per_node; None: none,
+    or gpus_per_task)."""
     cpus_per_task: int | None = None
     """CPU cores per task (None: the cluster's default, usually 1)."""
     mem_gb: float | None = None
@@ -82,13 +90,21 @@ class SlurmSpec:
             check_config(self)
         except ConfigError as e:
             raise ConfigError(f"slurm {e}") from None
-        for name in ("time_min", "array_parallelism"):
+        for name in ("time_min", "array_parallelism", "tasks_per_node", "nodes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"slurm {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("gpus_per_task", "cpus_per_task", "mem_gb"):
+        for name in ("gpus_per_task", "gpus_per_node", "cpus_per_task", "mem_gb"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"slurm {name} must be > 0, got {value}")
+        if self.gpus_per_task is not None and self.gpus_per_node is not None:
+            raise ConfigError("slurm: give gpus_per_task or gpus_per_node, not both")
+        if self.gpus_per_node is not None and self.tasks_per_node > 1 and self.gpus_per_node != self.tasks_per_node:
+            raise ConfigError(f"slurm tasks_per_node ({self.tasks_per_node}) must equal gpus_per_node "
+                              f"({self.gpus_per_node}): one process per GPU")
+        if self.gpus_per_task is not None and self.tasks_per_node > 1:
+            raise ConfigError("slurm: a multi-process run (tasks_per_node > 1) asks for gpus_per_node "
+                              "(= tasks_per_node), not gpus_per_task")
         if self.max_timeouts < 0 or self.signal_delay_s < 0:
             raise ConfigError("slurm max_timeouts and signal_delay_s must be >= 0")
         for key, value in self.additional.items():

@@ -187,6 +187,9 @@ def make_executor(cluster: str, runs_dir: Path, sweep: Sweep, stage: str = "run"
         params.update(
             cpus_per_task=spec.cpus_per_task, mem_gb=spec.mem_gb, slurm_partition=spec.partition,
             slurm_gpus_per_task=spec.gpus_per_task, slurm_qos=spec.qos, slurm_account=spec.account,
+            gpus_per_node=spec.gpus_per_node,  # a multi-process run (one task per GPU): README
+            tasks_per_node=spec.tasks_per_node if spec.tasks_per_node > 1 else None,
+            nodes=spec.nodes if spec.nodes > 1 else None,
             slurm_array_parallelism=spec.array_parallelism, slurm_signal_delay_s=spec.signal_delay_s,
             slurm_additional_parameters=additional or None,
         )
