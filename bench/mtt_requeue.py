@@ -9,7 +9,7 @@ progress is lost unless it ends first); (3) wait for the whole sweep; (4) check 
 ``epochs/`` holds exactly ``epoch-0000.pt`` .. ``epoch-<epochs>.pt`` and nothing else, that the
 requeued one logged ``resumed at iteration N`` with N >= the epochs it had, and that every task is
 done; (5) plan a relaunch: it must submit nothing. Prints a report (also ``--report FILE``) and
-exits 1 if a check fails. Run under ``flock /tmp/hpcdd-slurm.lock`` on a shared cluster.
+exits 1 if a check fails. Run under ``flock -o /tmp/hpcdd-slurm.lock`` on a shared cluster.
 
 Usage: python bench/mtt_requeue.py GRID --out RUNS_DIR [--expert 0] [--after-epochs 2]
        [--timeout-s 7200] [--report results/mtt_requeue.txt]
