@@ -35,6 +35,8 @@ import subprocess
 import threading
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 START = REPO / "slurm" / "start.sh"
 STOP = REPO / "slurm" / "stop.sh"
@@ -108,3 +110,20 @@ def ensure_cluster(max_array_size: int | None = None, timeout: float = 900) -> d
             )
         _applied = (key, out)
         return dict(out)
+
+
+@pytest.fixture(scope="module")
+def slurm_env():
+    """The cluster's environment (SLURM_CONF, ...) set in ``os.environ`` for a test module: submitit,
+    sinfo, squeue and sacct read it, and jobs inherit it. One torch thread per task: several
+    2-thread processes spin-waiting on 2 cores run ~40x slower (results depend on the thread count,
+    so in-process reference runs use one thread too)."""
+    try:
+        env = ensure_cluster()
+    except SlurmClusterError as e:
+        pytest.fail(str(e), pytrace=False)
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        mp.setenv("OMP_NUM_THREADS", "1")
+        yield env

@@ -20,7 +20,7 @@ from hpcdd.sweep.launch import execute, plan_launch, wait_for
 from hpcdd.sweep.state import build_tasks
 
 from helpers import synset, write_grid
-from slurm_fixture import SlurmClusterError, ensure_cluster
+from slurm_fixture import slurm_env  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slurm
 
@@ -28,17 +28,6 @@ BASE = {"dataset": "digits", "method": "dm", "ipc": 1, "iterations": 600, "batch
         "eval_epochs": 2, "eval_n": 2}
 
 
-@pytest.fixture(scope="module")
-def slurm_env():
-    try:
-        env = ensure_cluster()
-    except SlurmClusterError as e:
-        pytest.fail(str(e), pytrace=False)
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        mp.setenv("OMP_NUM_THREADS", "1")  # one torch thread per task (2 cores)
-        yield env
 
 
 def _log(run_dir: Path) -> str:

@@ -14,24 +14,13 @@ from pathlib import Path
 import pytest
 
 from helpers import write_grid
-from slurm_fixture import SlurmClusterError, ensure_cluster
+from slurm_fixture import slurm_env  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slurm
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-@pytest.fixture(scope="module")
-def slurm_env():
-    try:
-        env = ensure_cluster()
-    except SlurmClusterError as e:
-        pytest.fail(str(e), pytrace=False)
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        mp.setenv("OMP_NUM_THREADS", "1")  # one thread per task (see test_sweep_slurm.py)
-        yield env
 
 
 def test_a_requeued_expert_resumes_at_its_last_epoch_and_a_relaunch_submits_nothing(slurm_env, tmp_path):

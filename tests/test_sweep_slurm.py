@@ -36,7 +36,7 @@ from hpcdd.sweep.scheduler import max_array_size
 from hpcdd.sweep.state import build_tasks
 
 from helpers import sweep_cli, synset, write_grid
-from slurm_fixture import SlurmClusterError, ensure_cluster
+from slurm_fixture import ensure_cluster, slurm_env  # noqa: F401 (slurm_env: a fixture)
 
 pytestmark = pytest.mark.slurm
 
@@ -45,20 +45,6 @@ TINY = {"dataset": "digits", "method": "dm", "ipc": 1, "iterations": 6, "batch_r
 QUIET = {"checkpoint_every": 5, "progress": False}
 
 
-@pytest.fixture(scope="module")
-def slurm_env():
-    try:
-        env = ensure_cluster()
-    except SlurmClusterError as e:
-        pytest.fail(str(e), pytrace=False)
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)  # submitit, sinfo, squeue, sacct read os.environ
-        # Jobs inherit this environment. One torch thread per task: several 2-thread processes
-        # spin-waiting on 2 cores run ~40x slower. (Results depend on the thread count, so the
-        # in-process reference runs below use one thread too.)
-        mp.setenv("OMP_NUM_THREADS", "1")
-        yield env
 
 
 def sh(*cmd: str) -> subprocess.CompletedProcess:
