@@ -33,7 +33,7 @@ budget (same expert epochs and steps, same iterations).
 
 **Seam for multi-process runs (issue 21).** :meth:`MTT.student_grads` is the only place a
 minibatch's gradient is taken. A data-parallel version splits ``x`` across ranks and sums the
-per-rank gradients with ``torch.distributed.nn.functional.all_reduce`` (differentiable, so the
+per-rank gradients with :func:`hpcdd.generative.parallel.sum_over_ranks` (differentiable, so the
 outer backward still reaches every rank's images); ``_minibatches`` is the per-rank plan.
 """
 

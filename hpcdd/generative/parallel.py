@@ -11,8 +11,11 @@ critic's parameters during the generator's update, which DDP's reducer does not 
 
 BatchNorm in the generator must see the whole batch: :func:`sync_batchnorm` swaps its layers for
 ``torch.nn.SyncBatchNorm`` on GPU, and on CPU (where that does not run) for
-:class:`GlooBatchNorm`, whose batch mean and variance are all-reduced with the differentiable
-``torch.distributed.nn.functional.all_reduce``.
+:class:`GlooBatchNorm`, whose batch mean and variance are summed over the ranks by
+:func:`sum_over_ranks`, an all-reduce that autograd differentiates (the gradient of a sum over
+ranks is the sum of the ranks' gradients). It stands in for
+``torch.distributed.nn.functional.all_reduce``, which PyTorch deprecates with a FutureWarning on
+every rank's stderr, and whose suggested replacement is a private module.
 """
 
 from __future__ import annotations
@@ -76,6 +79,29 @@ def shard_for(dist: Dist, batch: int, what: str) -> Shard | None:
     return Shard(dist, batch)
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) over the default process group, differentiable: the backward pass is
+    the same all-reduce of the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as td
+
+        out = tensor.clone(memory_format=torch.contiguous_format)  # all_reduce works in place
+        td.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return _SumOverRanks.apply(grad)
+
+
+def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed over the ranks of the default process group, as a new tensor that
+    gradients flow through (every rank must call it, in the same order)."""
+    return _SumOverRanks.apply(tensor)
+
+
 class GlooBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training-mode statistics are those of the whole batch across the ranks of
     the default process group (CPU/gloo; any dimension >= 2). Mean first, then the variance
@@ -90,15 +116,13 @@ class GlooBatchNorm(nn.modules.batchnorm._BatchNorm):
         self._check_input_dim(x)
         if not self.training:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-        from torch.distributed.nn.functional import all_reduce
-
         dims = [0, *range(2, x.dim())]
         shape = [1, -1, *([1] * (x.dim() - 2))]
         dtype, x = x.dtype, x.float()  # statistics in fp32, as autocast runs BatchNorm
-        count = all_reduce(torch.tensor([x.numel() / x.shape[1]], device=x.device))
-        mean = all_reduce(x.sum(dims)) / count
+        count = sum_over_ranks(torch.tensor([x.numel() / x.shape[1]], device=x.device))
+        mean = sum_over_ranks(x.sum(dims)) / count
         centred = x - mean.view(shape)
-        var = all_reduce((centred * centred).sum(dims)) / count
+        var = sum_over_ranks((centred * centred).sum(dims)) / count
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -130,4 +154,4 @@ def sync_batchnorm(module: nn.Module, cuda: bool) -> nn.Module:
     return module
 
 
-__all__ = ["Shard", "shard_for", "GlooBatchNorm", "sync_batchnorm"]
+__all__ = ["Shard", "shard_for", "sum_over_ranks", "GlooBatchNorm", "sync_batchnorm"]
