@@ -10,6 +10,7 @@ finished distillation without distilling again. The layout is :mod:`hpcdd.rundir
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -118,7 +119,10 @@ def evaluate_run(run_dir: str | Path, ev: EvalConfig = EvalConfig(), exec_cfg: E
         return rundir.read_result(run_dir, eval_id(ev))
     ctx = _setup(cfg, [ev], exec_cfg, t_start)
     ctx.writer = writer_for(run_dir, ctx.dist)
-    with ctx.writer.session(lambda: clean_stale_tmp(run_dir, recursive=True)):
+    # a shared lock: other evaluations of this run may run beside this one (each holds its own
+    # eval dir, see _evaluate), a distillation may not; under it only the run dir's top level is
+    # cleaned (what an interrupted distillation left), never another evaluation's files
+    with ctx.writer.session(lambda: clean_stale_tmp(run_dir), lock=functools.partial(rundir.lock, shared=True)):
         source, meta = _load_artefact(cfg, run_dir)
         return _evaluate(cfg, ev, run_dir, source, meta, ctx, should_stop)
 
@@ -333,38 +337,42 @@ def _evaluate(cfg: RunConfig, ev: EvalConfig, run_dir: Path, source: Source, met
     where = str(rundir.artefact_path(run_dir, meta["output"]))
     check_synset(source.sample(ipc, generator(cfg.seed, "check")), ctx.data.info, where, ipc=ipc)  # before any file
     writer.mkdir(out)
-    if not (out / rundir.CONFIG).exists():
-        writer.yaml(out / rundir.CONFIG, to_dict(ev))
-    finished = ctx.dist.from_main(_finished_models(run_dir, eid, ev))
-    if finished:
-        writer.log(f"evaluation {eid}: resuming with {len(finished)} model(s) already done")
-    t0 = time.perf_counter()
+    # this evaluation's dir is this process's alone (another task evaluating it fails in one line)
+    with writer.session(lambda: clean_stale_tmp(out, recursive=True), where=out):
+        if ctx.dist.from_main(rundir.eval_done(run_dir, eid)):  # finished while this one waited to start
+            return rundir.read_result(run_dir, eid)
+        if not (out / rundir.CONFIG).exists():
+            writer.yaml(out / rundir.CONFIG, to_dict(ev))
+        finished = ctx.dist.from_main(_finished_models(run_dir, eid, ev))
+        if finished:
+            writer.log(f"evaluation {eid}: resuming with {len(finished)} model(s) already done")
+        t0 = time.perf_counter()
 
-    def saved(arch: str, k: int, acc: float) -> None:
-        writer.json(rundir.model_file(run_dir, eid, arch, k),
-                    {"arch": arch, "k": k, "acc": acc, "finished_at": now_utc()})
-        writer.log(f"evaluation {eid}: {arch} model {k + 1}/{ev.n} acc {acc:.4f}")
+        def saved(arch: str, k: int, acc: float) -> None:
+            writer.json(rundir.model_file(run_dir, eid, arch, k),
+                        {"arch": arch, "k": k, "acc": acc, "finished_at": now_utc()})
+            writer.log(f"evaluation {eid}: {arch} model {k + 1}/{ev.n} acc {acc:.4f}")
 
-    per_arch = evaluate_spread(
-        source, ctx.data.test, ctx.data.info, ev, dist=ctx.dist, seed=cfg.seed, dataset=cfg.dataset, ipc=ipc,
-        device=ctx.accelerator.device, finished=finished, on_model=saved,
-        progress=ctx.exec_cfg.progress and ctx.dist.is_main, should_stop=should_stop, where=where,
-        ensemble=ctx.exec_cfg.eval_ensemble, ensemble_max=ctx.exec_cfg.eval_ensemble_max,
-        log=lambda msg: writer.log(f"evaluation {eid}: {msg}"))
-    row = {
-        "run_id": run_id(cfg), "eval_id": eid, "protocol": ev.protocol, **flat_run(cfg), "ipc": ipc,
-        **eval_flat(ev), **flat_metrics(per_arch),
-        "distill_seconds": meta.get("distill_seconds"), "match_seconds": meta.get("match_seconds"),
-        "eval_seconds": round(time.perf_counter() - t0, 3),
-        "wall_seconds": round(time.perf_counter() - ctx.t_start, 3),
-        "peak_rss_mb": round(peak_memory_mb(ctx.accelerator.device), 1),
-        "iterations_done": meta.get("iterations_done"), **_sampler_columns(meta), **_method_columns(meta),
-        **slurm_ids(), **ctx.prov, "finished_at": now_utc(),
-    }
-    writer.json(out / rundir.RESULT, row)
-    writer.mark_done(out, eid)
-    writer.log(f"evaluation {eid} done: {ev.protocol} acc {row['acc_mean']:.4f} +- {row['acc_std']:.4f}")
-    return row
+        per_arch = evaluate_spread(
+            source, ctx.data.test, ctx.data.info, ev, dist=ctx.dist, seed=cfg.seed, dataset=cfg.dataset, ipc=ipc,
+            device=ctx.accelerator.device, finished=finished, on_model=saved,
+            progress=ctx.exec_cfg.progress and ctx.dist.is_main, should_stop=should_stop, where=where,
+            ensemble=ctx.exec_cfg.eval_ensemble, ensemble_max=ctx.exec_cfg.eval_ensemble_max,
+            log=lambda msg: writer.log(f"evaluation {eid}: {msg}"))
+        row = {
+            "run_id": run_id(cfg), "eval_id": eid, "protocol": ev.protocol, **flat_run(cfg), "ipc": ipc,
+            **eval_flat(ev), **flat_metrics(per_arch),
+            "distill_seconds": meta.get("distill_seconds"), "match_seconds": meta.get("match_seconds"),
+            "eval_seconds": round(time.perf_counter() - t0, 3),
+            "wall_seconds": round(time.perf_counter() - ctx.t_start, 3),
+            "peak_rss_mb": round(peak_memory_mb(ctx.accelerator.device), 1),
+            "iterations_done": meta.get("iterations_done"), **_sampler_columns(meta), **_method_columns(meta),
+            **slurm_ids(), **ctx.prov, "finished_at": now_utc(),
+        }
+        writer.json(out / rundir.RESULT, row)
+        writer.mark_done(out, eid)
+        writer.log(f"evaluation {eid} done: {ev.protocol} acc {row['acc_mean']:.4f} +- {row['acc_std']:.4f}")
+        return row
 
 
 def _finished_models(run_dir: Path, eid: str, ev: EvalConfig) -> dict[tuple[str, int], float]:

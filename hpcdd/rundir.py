@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import os
 import re
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -59,8 +60,9 @@ OWNED = (DONE, RESULT, *ARTEFACT_FILES.values(), PNG, EVALS, CHECKPOINTS, METRIC
 :func:`is_owned` accepts), in the order --overwrite deletes them: the 'done' markers first (a
 half-deleted run is never taken for a finished one), the marker last (a kill in the middle leaves a
 dir that is still recognised as hpcdd's and can be cleared again)."""
-EVAL_FILES = (DONE, RESULT, CONFIG, JOB)
-"""What an evaluation dir ``eval/<eval_id>/`` holds besides ``models/``."""
+EVAL_FILES = (DONE, RESULT, CONFIG, JOB, LOCK)
+"""What an evaluation dir ``eval/<eval_id>/`` holds besides ``models/`` (its lock: evaluations of
+one run run at once, each holding its own dir)."""
 _CKPT_NAME = re.compile(r"ckpt-\d{8}\.pt")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9_.]+-\d+\.json")
 
@@ -104,9 +106,8 @@ def ensure_writable(run_dir: Path) -> None:
         raise RunDirError("the run dir must be a named directory, not the current one")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=run_dir):  # nameless (O_TMPFILE) or unique: processes beside
+            pass                                  # this one (evaluations of one run) probe at once
     except OSError as e:
         raise RunDirError(f"cannot write to run dir {run_dir}: {e.strerror}") from None
 
@@ -155,7 +156,7 @@ def _only_launch_files(run_dir: Path) -> bool:
 def is_owned(rel: tuple[str, ...]) -> bool:
     """Whether the path ``rel`` (parts relative to a run dir) is a file hpcdd writes there: a
     top-level name of ``OWNED``, ``checkpoint/ckpt-<8 digits>.pt``, an evaluation's
-    ``eval/<id>/{done,result.json,config.yaml,job.json}`` and ``eval/<id>/models/<arch>-<k>.json``,
+    ``eval/<id>/{done,result.json,config.yaml,job.json,.lock}`` and ``eval/<id>/models/<arch>-<k>.json``,
     the lock, or a temp file of an interrupted atomic write. Nothing else (a user's
     ``eval/NOTES.md``, ``checkpoint/mine.pt``) is hpcdd's."""
     if not rel:
@@ -237,11 +238,13 @@ def mark_done(run_dir: Path, ident: str) -> None:
 
 
 @contextlib.contextmanager
-def lock(run_dir: Path) -> Iterator[None]:
-    """Exclusive lock on ``run_dir/.lock``: two processes never work in one dir at once."""
+def lock(run_dir: Path, *, shared: bool = False) -> Iterator[None]:
+    """Lock on ``run_dir/.lock``, never waiting: exclusive (a distillation, an evaluation's own
+    ``eval/<id>/``: no other process works there) or ``shared`` (evaluations of a finished run:
+    several at once, none while a distillation holds the run dir)."""
     with open(Path(run_dir) / LOCK, "a+") as f:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RunDirError(f"{run_dir} is in use by another hpcdd process") from None
         try:

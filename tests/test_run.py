@@ -280,3 +280,28 @@ def test_quick_evals_at_given_iterations_with_several_models(tmp_path, capsys):
             code = e.code
         err = capsys.readouterr().err
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_evaluations_of_one_run_run_at_once_each_holding_its_own_dir(tmp_path):
+    """A sweep's evaluation tasks of one run (several ipcs of one generator, a cross-architecture
+    cell beside the ConvNet3 one) start side by side: each takes the run dir shared and its own
+    eval dir exclusively; a distillation holding the run dir, or a second process on the same
+    evaluation, is refused in one line."""
+    import fcntl
+
+    from hpcdd.rundir import eval_dir, lock
+
+    run_one(tiny(method="random"), tmp_path, QUIET, evaluate=False)
+    first, second = EvalConfig(epochs=2, n=1), EvalConfig(epochs=3, n=1)
+    with open(tmp_path / ".lock", "a+") as held:  # another evaluation of this run is under way
+        fcntl.flock(held, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        row = evaluate_run(tmp_path, second, QUIET)
+    assert row["eval_id"] == eval_id(second) and (eval_dir(tmp_path, eval_id(second)) / "done").exists()
+    with lock(tmp_path):  # a distillation (or --overwrite) holds the run dir
+        with pytest.raises(RunDirError, match="in use"):
+            evaluate_run(tmp_path, first, QUIET)
+    eval_dir(tmp_path, eval_id(first)).mkdir(parents=True)
+    with lock(eval_dir(tmp_path, eval_id(first))):  # this very evaluation is under way elsewhere
+        with pytest.raises(RunDirError, match=f"eval/{eval_id(first)} is in use"):
+            evaluate_run(tmp_path, first, QUIET)
+    assert evaluate_run(tmp_path, first, QUIET)["eval_id"] == eval_id(first)

@@ -390,19 +390,23 @@ def test_bad_grid_submits_nothing(slurm_env, tmp_path, case):
 
 def test_separate_evals_from_an_empty_runs_dir(slurm_env, tmp_path, capsys):
     """The launch writes RUN/eval/<id>/job.json before the run's own job starts: that run dir is
-    still free for it, and the evaluations run as their own array after the distillations."""
+    still free for it, and the evaluations run as their own array after the distillations. Each
+    run has two evaluations, and the four start side by side (each run's two used to collide on
+    the run dir's lock: 'in use by another hpcdd process')."""
     data = {"name": "sl-sepeval", "base": {**TINY, "iterations": 2}, "seeds": 2, "separate_evals": True,
-            "exec": QUIET, "slurm": {"time_min": 20, "array_parallelism": 4}}
+            "grid": [{"eval_epochs": [2, 3]}], "exec": QUIET, "slurm": {"time_min": 20, "array_parallelism": 4}}
     grid, runs = write_grid(tmp_path / "grid.yaml", data), tmp_path / "runs"
     sweep = load_grid(grid)
     assert sweep_cli("launch", grid, "--out", str(runs), "--wait", "--poll-s", "1", "--wait-timeout", "240") == 0
     states = wait_for(runs, build_tasks(sweep, runs), poll_s=1, timeout_s=60)
-    assert [s.state for s in states.values()] == ["done"] * 4, states
+    assert [s.state for s in states.values()] == ["done"] * 6, states
     for run in sweep.runs:
-        [eid] = run.eval_ids
-        eval_job = json.loads((runs / run.run_id / "eval" / eid / "job.json").read_text())["job_id"]
-        assert eval_job.split("_")[0] != json.loads((runs / run.run_id / "job.json").read_text())["job_id"].split("_")[0]
-        assert json.loads((runs / run.run_id / "eval" / eid / "result.json").read_text())["run_id"] == run.run_id
+        assert len(run.eval_ids) == 2
+        for eid in run.eval_ids:
+            eval_job = json.loads((runs / run.run_id / "eval" / eid / "job.json").read_text())["job_id"]
+            run_job = json.loads((runs / run.run_id / "job.json").read_text())["job_id"]
+            assert eval_job.split("_")[0] != run_job.split("_")[0]
+            assert json.loads((runs / run.run_id / "eval" / eid / "result.json").read_text())["run_id"] == run.run_id
     capsys.readouterr()
 
 

@@ -73,15 +73,17 @@ class RunWriter:
 
     @contextlib.contextmanager
     def session(self, prepare: Callable[[], None], *,
-                lock: Callable[[Path], Any] = rundir.lock) -> Iterator[None]:
+                lock: Callable[[Path], Any] = rundir.lock, where: Path | None = None) -> Iterator[None]:
         """Hold ``lock(dir)`` (rank 0) for the block, after ``prepare()`` ran under it (it checks
         the dir, removes stale temp files, writes the identity); the other ranks wait for that at a
         barrier, and get rank 0's ``HpcddError`` if it failed. A block that ends normally ends at a
-        barrier too (e.g. a prerequisite's artefact is written before another rank loads it)."""
+        barrier too (e.g. a prerequisite's artefact is written before another rank loads it).
+        ``dir`` is the run dir, or ``where`` (e.g. an evaluation's own dir)."""
+        directory = self.run_dir if where is None else Path(where)
         with contextlib.ExitStack() as stack:
             def enter() -> None:
-                rundir.ensure_writable(self.run_dir)
-                stack.enter_context(lock(self.run_dir))
+                rundir.ensure_writable(directory)
+                stack.enter_context(lock(directory))
                 prepare()
 
             self.dist.main_first(enter)
