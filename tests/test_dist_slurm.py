@@ -28,8 +28,6 @@ BASE = {"dataset": "digits", "method": "dm", "ipc": 1, "iterations": 600, "batch
         "eval_epochs": 2, "eval_n": 2}
 
 
-
-
 def _log(run_dir: Path) -> str:
     return (run_dir / "log.txt").read_text() if (run_dir / "log.txt").exists() else ""
 

@@ -21,8 +21,6 @@ pytestmark = pytest.mark.slurm
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-
-
 def test_a_requeued_expert_resumes_at_its_last_epoch_and_a_relaunch_submits_nothing(slurm_env, tmp_path):
     sys.path.insert(0, str(BENCH))
     try:

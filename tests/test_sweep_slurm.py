@@ -45,8 +45,6 @@ TINY = {"dataset": "digits", "method": "dm", "ipc": 1, "iterations": 6, "batch_r
 QUIET = {"checkpoint_every": 5, "progress": False}
 
 
-
-
 def sh(*cmd: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
 
@@ -402,9 +400,9 @@ def test_separate_evals_from_an_empty_runs_dir(slurm_env, tmp_path, capsys):
     assert [s.state for s in states.values()] == ["done"] * 6, states
     for run in sweep.runs:
         assert len(run.eval_ids) == 2
+        run_job = json.loads((runs / run.run_id / "job.json").read_text())["job_id"]
         for eid in run.eval_ids:
             eval_job = json.loads((runs / run.run_id / "eval" / eid / "job.json").read_text())["job_id"]
-            run_job = json.loads((runs / run.run_id / "job.json").read_text())["job_id"]
             assert eval_job.split("_")[0] != run_job.split("_")[0]
             assert json.loads((runs / run.run_id / "eval" / eid / "result.json").read_text())["run_id"] == run.run_id
     capsys.readouterr()
